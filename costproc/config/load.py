@@ -1,0 +1,576 @@
+"""Read a YAML config into a typed `Config`, naming every problem by its key path.
+
+Loading never stops at the first problem: a `_Reader` walks the whole document, records
+each bad or unknown key as "path.to.key: what is wrong", and `load_config` raises one
+`ConfigError` listing them all, so an operator fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from costproc.config.model import (
+    Allocation,
+    Config,
+    EgressRule,
+    GrpcReceiverConfig,
+    HealthConfig,
+    Match,
+    MeteredRule,
+    Override,
+    PriceTable,
+    PricingConfig,
+    PrometheusConfig,
+    ResourcePrices,
+    RollupConfig,
+    UsageConfig,
+)
+from costproc.errors import ConfigError
+
+T = TypeVar("T")
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]*):(\d{1,5})$")
+
+# Resource prices may be written per second or per hour; hourly ones are converted.
+_RESOURCE_PRICE_KEYS = {
+    "cpu_core_second": ("cpu_core_second", 1.0),
+    "cpu_core_hour": ("cpu_core_second", 1 / 3600),
+    "memory_gb_second": ("memory_gb_second", 1.0),
+    "memory_gb_hour": ("memory_gb_second", 1 / 3600),
+    "gpu_second": ("gpu_second", 1.0),
+    "gpu_hour": ("gpu_second", 1 / 3600),
+}
+
+
+def default_config_path() -> Path:
+    """The bundled default config shipped with the source tree."""
+    return Path(__file__).resolve().parents[2] / "config" / "costproc.yaml"
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a config file (the bundled default when `path` is None)."""
+    file = Path(path) if path is not None else default_config_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from exc
+    return parse_config(text)
+
+
+def parse_config(text: str) -> Config:
+    """Validate YAML text into a Config; raise ConfigError naming every problem."""
+    problems: list[str] = []
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"]) from exc
+    doc = _expand_env(doc, "", problems)
+    reader = _Reader(problems)
+    config = reader.config(doc)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
+    """Expand `${env:VAR}` (and `${env:VAR:-default}`) in string values, keeping types.
+
+    A value that is one reference alone is re-read as YAML, so `${env:PORT}` can be a
+    number, as in the OpenTelemetry Collector.
+    """
+    if isinstance(node, Mapping):
+        return {k: _expand_env(v, _join(path, str(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, _join(path, i), problems) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${env:" not in node:
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            if m.group(2) is not None:
+                return m.group(2)
+            problems.append(f"{path}: environment variable {m.group(1)} is not set")
+            return ""
+        return value
+
+    expanded = _ENV_REF.sub(sub, node)
+    if _ENV_REF.fullmatch(node):
+        try:
+            return yaml.safe_load(expanded)
+        except yaml.YAMLError:
+            return expanded
+    return expanded
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+class _Reader:
+    """Walks the YAML tree; every accessor records problems instead of raising."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+    def bad(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    # -- generic accessors -------------------------------------------------
+
+    def section(self, node: Any, path: str, known: set[str]) -> dict[str, Any]:
+        if node is None:
+            return {}
+        if not isinstance(node, Mapping):
+            self.bad(path or "<root>", f"must be a mapping, got {type(node).__name__}")
+            return {}
+        for key in node:
+            if key not in known:
+                self.bad(_join(path, str(key)), f"unknown key (known: {', '.join(sorted(known))})")
+        return dict(node)
+
+    def get(
+        self,
+        node: Mapping[str, Any],
+        path: str,
+        key: str,
+        parse: Callable[[Any, str], T],
+        default: T,
+    ) -> T:
+        if key not in node or node[key] is None:
+            return default
+        return parse(node[key], _join(path, key))
+
+    def number(
+        self, minimum: float | None = None, above: float | None = None
+    ) -> Callable[[Any, str], float]:
+        def parse(value: Any, path: str) -> float:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                self.bad(path, f"must be a finite number, got {value!r}")
+                return 0.0
+            if minimum is not None and value < minimum:
+                self.bad(path, f"must be >= {minimum}, got {value!r}")
+            if above is not None and value <= above:
+                self.bad(path, f"must be > {above}, got {value!r}")
+            return float(value)
+
+        return parse
+
+    def integer(self, minimum: int) -> Callable[[Any, str], int]:
+        def parse(value: Any, path: str) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.bad(path, f"must be an integer, got {value!r}")
+                return minimum
+            if value < minimum:
+                self.bad(path, f"must be >= {minimum}, got {value!r}")
+            return value
+
+        return parse
+
+    def text(self, value: Any, path: str) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
+            self.bad(path, f"must be a non-empty string, got {value!r}")
+            return ""
+        return str(value)
+
+    def flag(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            self.bad(path, f"must be true or false, got {value!r}")
+            return False
+        return value
+
+    def duration(self, value: Any, path: str) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            m = _DURATION.match(str(value))
+            if m is None:
+                self.bad(path, f"must be a duration like 500ms, 2s, 5m or 1h, got {value!r}")
+                return 0.0
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        if seconds < 0 or not math.isfinite(seconds):
+            self.bad(path, f"must be a non-negative duration, got {value!r}")
+        return seconds
+
+    def endpoint(self, value: Any, path: str) -> str:
+        text = self.text(value, path)
+        m = _ENDPOINT.match(text)
+        if text and (m is None or int(m.group(2)) > 65535):
+            self.bad(path, f"must be host:port (port 0-65535), got {value!r}")
+        return text
+
+    def strings(self, value: Any, path: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.bad(path, f"must be a non-empty list of strings, got {value!r}")
+            return ()
+        return tuple(self.text(v, _join(path, i)) for i, v in enumerate(value))
+
+    def buckets(self, value: Any, path: str) -> tuple[float, ...]:
+        if not isinstance(value, list) or not value:
+            self.bad(path, "must be a non-empty list of numbers")
+            return (1.0,)
+        parsed = tuple(self.number()(v, _join(path, i)) for i, v in enumerate(value))
+        if any(b <= a for a, b in pairwise(parsed)):
+            self.bad(path, "must be strictly increasing")
+        return parsed
+
+    def matches(self, value: Any, path: str) -> tuple[Match, ...]:
+        """`{attr: value}` for equality, `{attr: {regex: "..."}}` for a full regex match."""
+        if not isinstance(value, Mapping) or not value:
+            self.bad(path, "must be a non-empty mapping of attribute to value or {regex: ...}")
+            return ()
+        out: list[Match] = []
+        for key, want in value.items():
+            sub = _join(path, str(key))
+            if isinstance(want, Mapping):
+                spec = self.section(want, sub, {"regex"})
+                pattern = self.text(spec.get("regex"), _join(sub, "regex"))
+                try:
+                    out.append(Match(str(key), regex=re.compile(pattern)))
+                except re.error as exc:
+                    self.bad(_join(sub, "regex"), f"invalid regular expression: {exc}")
+            else:
+                out.append(Match(str(key), equals=_scalar_text(want)))
+        return tuple(out)
+
+    # -- sections ----------------------------------------------------------
+
+    def config(self, doc: Any) -> Config:
+        root = self.section(
+            doc, "", {"receivers", "rollup", "usage", "pricing", "exporters", "extensions"}
+        )
+        receivers = self.section(root.get("receivers"), "receivers", {"otlp"})
+        otlp = self.section(receivers.get("otlp"), "receivers.otlp", {"grpc"})
+        exporters = self.section(root.get("exporters"), "exporters", {"prometheus"})
+        extensions = self.section(root.get("extensions"), "extensions", {"health_check"})
+        return Config(
+            grpc=self.grpc(otlp.get("grpc"), "receivers.otlp.grpc"),
+            rollup=self.rollup(root.get("rollup"), "rollup"),
+            usage=self.usage(root.get("usage"), "usage"),
+            pricing=self.pricing(root.get("pricing"), "pricing"),
+            prometheus=self.prometheus(exporters.get("prometheus"), "exporters.prometheus"),
+            health=HealthConfig(
+                endpoint=self.get(
+                    self.section(
+                        extensions.get("health_check"), "extensions.health_check", {"endpoint"}
+                    ),
+                    "extensions.health_check",
+                    "endpoint",
+                    self.endpoint,
+                    HealthConfig().endpoint,
+                )
+            ),
+        )
+
+    def grpc(self, node: Any, path: str) -> GrpcReceiverConfig:
+        d = GrpcReceiverConfig()
+        sec = self.section(node, path, {"endpoint", "max_recv_msg_size_mib"})
+        return GrpcReceiverConfig(
+            endpoint=self.get(sec, path, "endpoint", self.endpoint, d.endpoint),
+            max_recv_msg_size_mib=self.get(
+                sec, path, "max_recv_msg_size_mib", self.number(above=0), d.max_recv_msg_size_mib
+            ),
+        )
+
+    def rollup(self, node: Any, path: str) -> RollupConfig:
+        d = RollupConfig()
+        known = {f for f in RollupConfig.__dataclass_fields__}
+        sec = self.section(node, path, known)
+        untagged = self.get(sec, path, "untagged_traces", self.text, d.untagged_traces)
+        if untagged not in ("attribute", "drop"):
+            self.bad(_join(path, "untagged_traces"), f"must be attribute or drop, got {untagged!r}")
+        cfg = RollupConfig(
+            job_id_attributes=self.get(
+                sec, path, "job_id_attributes", self.strings, d.job_id_attributes
+            ),
+            job_type_attribute=self.get(
+                sec, path, "job_type_attribute", self.text, d.job_type_attribute
+            ),
+            tenant_attribute=self.get(sec, path, "tenant_attribute", self.text, d.tenant_attribute),
+            outcome_attribute=self.get(
+                sec, path, "outcome_attribute", self.text, d.outcome_attribute
+            ),
+            untagged_traces=untagged,
+            completion_wait=self.get(
+                sec, path, "completion_wait", self.duration, d.completion_wait
+            ),
+            max_wait=self.get(sec, path, "max_wait", self.duration, d.max_wait),
+            retry_window=self.get(sec, path, "retry_window", self.duration, d.retry_window),
+            late_span_window=self.get(
+                sec, path, "late_span_window", self.duration, d.late_span_window
+            ),
+            max_inflight_traces=self.get(
+                sec, path, "max_inflight_traces", self.integer(1), d.max_inflight_traces
+            ),
+            max_inflight_spans=self.get(
+                sec, path, "max_inflight_spans", self.integer(1), d.max_inflight_spans
+            ),
+            local_roots=self.get(sec, path, "local_roots", self.flag, d.local_roots),
+            tick_interval=self.get(sec, path, "tick_interval", self.duration, d.tick_interval),
+        )
+        if cfg.max_wait < cfg.completion_wait:
+            self.bad(_join(path, "max_wait"), "must be >= completion_wait")
+        if cfg.tick_interval <= 0:
+            self.bad(_join(path, "tick_interval"), "must be > 0")
+        return cfg
+
+    def allocation(self, node: Any, path: str) -> Allocation:
+        sec = self.section(node, path, {"cpu_cores", "memory_gb", "gpus", "concurrency"})
+        nonneg = self.number(minimum=0)
+        return Allocation(
+            cpu_cores=self.get(sec, path, "cpu_cores", nonneg, None),
+            memory_gb=self.get(sec, path, "memory_gb", nonneg, None),
+            gpus=self.get(sec, path, "gpus", nonneg, None),
+            concurrency=self.get(sec, path, "concurrency", self.number(above=0), None),
+        )
+
+    def usage(self, node: Any, path: str) -> UsageConfig:
+        d = UsageConfig()
+        sec = self.section(node, path, {"attributes", "defaults", "services", "egress"})
+        attrs_path = _join(path, "attributes")
+        attrs = self.section(sec.get("attributes"), attrs_path, _USAGE_ATTRIBUTE_FIELDS)
+        names = {
+            f: self.get(attrs, attrs_path, f, self.text, getattr(d, f + "_attribute"))
+            for f in _USAGE_ATTRIBUTE_FIELDS
+        }
+        base = self.allocation(sec.get("defaults"), _join(path, "defaults"))
+        defaults = Allocation(
+            cpu_cores=base.cpu_cores if base.cpu_cores is not None else 0.0,
+            memory_gb=base.memory_gb if base.memory_gb is not None else 0.0,
+            gpus=base.gpus if base.gpus is not None else 0.0,
+            concurrency=base.concurrency if base.concurrency is not None else 1.0,
+        )
+        services_node = sec.get("services") or {}
+        services: dict[str, Allocation] = {}
+        if not isinstance(services_node, Mapping):
+            self.bad(_join(path, "services"), "must be a mapping of service.name to allocation")
+        else:
+            for name, alloc in services_node.items():
+                services[str(name)] = self.allocation(
+                    alloc, _join(_join(path, "services"), str(name))
+                )
+        egress_path = _join(path, "egress")
+        egress = self.section(sec.get("egress"), egress_path, {"default_class", "rules"})
+        return UsageConfig(
+            **{f + "_attribute": v for f, v in names.items()},
+            defaults=defaults,
+            services=services,
+            egress_default_class=self.get(
+                egress, egress_path, "default_class", self.text, d.egress_default_class
+            ),
+            egress_rules=self.egress_rules(egress.get("rules"), _join(egress_path, "rules")),
+        )
+
+    def egress_rules(self, node: Any, path: str) -> tuple[EgressRule, ...]:
+        if node is None:
+            return ()
+        if not isinstance(node, list):
+            self.bad(path, "must be a list of {match, class}")
+            return ()
+        rules = []
+        for i, item in enumerate(node):
+            sub = _join(path, i)
+            sec = self.section(item, sub, {"match", "class"})
+            rules.append(
+                EgressRule(
+                    match=self.matches(sec.get("match"), _join(sub, "match")),
+                    egress_class=self.text(sec.get("class"), _join(sub, "class")),
+                )
+            )
+        return tuple(rules)
+
+    def pricing(self, node: Any, path: str) -> PricingConfig:
+        sec = self.section(node, path, {"currency", "tables"})
+        currency = self.get(sec, path, "currency", self.text, "USD")
+        if currency and not _CURRENCY.match(currency):
+            self.bad(
+                _join(path, "currency"), f"must be an ISO 4217 code like USD, got {currency!r}"
+            )
+        tables_node = sec.get("tables")
+        tables_path = _join(path, "tables")
+        if not isinstance(tables_node, list) or not tables_node:
+            self.bad(tables_path, "must be a non-empty list of price tables")
+            return PricingConfig(currency=currency)
+        tables = [self.table(t, _join(tables_path, i)) for i, t in enumerate(tables_node)]
+        versions = [t.version for t in tables]
+        for v in {v for v in versions if versions.count(v) > 1}:
+            self.bad(tables_path, f"version {v!r} appears more than once")
+        starts = [t.effective_from_ns for t in tables]
+        if len(set(starts)) != len(starts):
+            self.bad(tables_path, "two tables take effect at the same effective_from")
+        return PricingConfig(
+            currency=currency, tables=tuple(sorted(tables, key=lambda t: t.effective_from_ns))
+        )
+
+    def table(self, node: Any, path: str) -> PriceTable:
+        known = {
+            "version",
+            "effective_from",
+            "egress_per_gb",
+            "metered",
+            "overrides",
+            *_RESOURCE_PRICE_KEYS,
+        }
+        sec = self.section(node, path, known)
+        egress_path = _join(path, "egress_per_gb")
+        egress_node = sec.get("egress_per_gb")
+        egress: dict[str, float] = {}
+        if not isinstance(egress_node, Mapping) or not egress_node:
+            self.bad(egress_path, "must map each egress class to a price per GB (10^9 bytes)")
+        else:
+            for cls, price in egress_node.items():
+                egress[str(cls)] = self.number(minimum=0)(price, _join(egress_path, str(cls)))
+        prices = self.resource_prices(sec, path)
+        for name in ("cpu_core_second", "memory_gb_second", "gpu_second"):
+            if getattr(prices, name) is None:
+                self.bad(path, f"missing price: {name} (or its _hour form)")
+        return PriceTable(
+            version=self.get(sec, path, "version", self.text, ""),
+            effective_from_ns=self.timestamp(
+                sec.get("effective_from"), _join(path, "effective_from")
+            ),
+            prices=prices,
+            egress_per_gb=egress,
+            metered=self.metered(sec.get("metered"), _join(path, "metered")),
+            overrides=self.overrides(sec.get("overrides"), _join(path, "overrides")),
+        )
+
+    def resource_prices(self, sec: Mapping[str, Any], path: str) -> ResourcePrices:
+        values: dict[str, float] = {}
+        for key, (field_name, factor) in _RESOURCE_PRICE_KEYS.items():
+            if key not in sec:
+                continue
+            if field_name in values:
+                self.bad(_join(path, key), f"{field_name} given twice (per second and per hour)")
+            values[field_name] = self.number(minimum=0)(sec[key], _join(path, key)) * factor
+        return ResourcePrices(**values)
+
+    def timestamp(self, value: Any, path: str) -> int:
+        if isinstance(value, datetime):
+            moment = value
+        elif isinstance(value, str):
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                self.bad(
+                    path, f"must be an ISO 8601 UTC time like 2026-01-01T00:00:00Z, got {value!r}"
+                )
+                return 0
+        else:
+            self.bad(path, "must be an ISO 8601 UTC time like 2026-01-01T00:00:00Z")
+            return 0
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+    def metered(self, node: Any, path: str) -> tuple[MeteredRule, ...]:
+        if node is None:
+            return ()
+        if not isinstance(node, list):
+            self.bad(path, "must be a list of rules")
+            return ()
+        rules = []
+        for i, item in enumerate(node):
+            sub = _join(path, i)
+            sec = self.section(item, sub, {"name", "component", "match", "quantity", "unit_price"})
+            quantity = sec.get("quantity", 1)
+            if quantity != 1 and not isinstance(quantity, str):
+                self.bad(
+                    _join(sub, "quantity"),
+                    f"must be 1 (per span) or an attribute name, got {quantity!r}",
+                )
+            name = self.text(sec.get("name"), _join(sub, "name"))
+            rules.append(
+                MeteredRule(
+                    name=name,
+                    component=self.get(sec, sub, "component", self.text, name),
+                    match=self.matches(sec.get("match"), _join(sub, "match")),
+                    quantity_attribute=quantity if isinstance(quantity, str) else None,
+                    unit_price=self.number(minimum=0)(
+                        sec.get("unit_price"), _join(sub, "unit_price")
+                    ),
+                )
+            )
+        names = [r.name for r in rules]
+        for n in {n for n in names if names.count(n) > 1}:
+            self.bad(path, f"rule name {n!r} appears more than once")
+        return tuple(rules)
+
+    def overrides(self, node: Any, path: str) -> tuple[Override, ...]:
+        if node is None:
+            return ()
+        if not isinstance(node, list):
+            self.bad(path, "must be a list of overrides")
+            return ()
+        out = []
+        for i, item in enumerate(node):
+            sub = _join(path, i)
+            sec = self.section(item, sub, {"match", "multiplier", *_RESOURCE_PRICE_KEYS})
+            prices = self.resource_prices(sec, sub)
+            multiplier = self.get(sec, sub, "multiplier", self.number(minimum=0), 1.0)
+            if prices == ResourcePrices() and "multiplier" not in sec:
+                self.bad(sub, "sets no price and no multiplier")
+            out.append(
+                Override(self.matches(sec.get("match"), _join(sub, "match")), prices, multiplier)
+            )
+        return tuple(out)
+
+    def prometheus(self, node: Any, path: str) -> PrometheusConfig:
+        d = PrometheusConfig()
+        known = {"endpoint", "max_label_values", "buckets"}
+        sec = self.section(node, path, known)
+        bpath = _join(path, "buckets")
+        buckets = self.section(
+            sec.get("buckets"), bpath, {"cost", "duration", "usage", "egress_bytes"}
+        )
+        return PrometheusConfig(
+            endpoint=self.get(sec, path, "endpoint", self.endpoint, d.endpoint),
+            max_label_values=self.get(
+                sec, path, "max_label_values", self.integer(1), d.max_label_values
+            ),
+            cost_buckets=self.get(buckets, bpath, "cost", self.buckets, d.cost_buckets),
+            duration_buckets=self.get(buckets, bpath, "duration", self.buckets, d.duration_buckets),
+            usage_buckets=self.get(buckets, bpath, "usage", self.buckets, d.usage_buckets),
+            egress_buckets=self.get(buckets, bpath, "egress_bytes", self.buckets, d.egress_buckets),
+        )
+
+
+_USAGE_ATTRIBUTE_FIELDS = {
+    "cpu_seconds",
+    "memory_gb_seconds",
+    "gpu_seconds",
+    "egress_bytes",
+    "egress_class",
+    "cpu_allocated",
+    "memory_allocated",
+    "gpu_allocated",
+    "concurrency",
+}
+
+
+def _scalar_text(value: Any) -> str:
+    # YAML turns `true` and `2` into bool and int; attributes compare as text.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Receive: OTLP requests in, compact `SpanRecord`s out."""

@@ -1,0 +1,257 @@
+"""Decode an OTLP trace request into `SpanRecord`s, once, at the edge.
+
+    bytes -> wire.ExportRequest (C parse, attributes as a map) -> per resource: Resource
+          -> per span: validate, read only the configured keys -> SpanRecord | rejection
+
+Nothing downstream sees a protobuf object. A span that breaks a rule (SPEC 3,
+"Validation") is rejected and counted by reason; the rest of its request is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from costproc.config.model import Config, EgressRule
+from costproc.errors import DecodeError
+from costproc.model import KIND_CLIENT, KIND_PRODUCER, KIND_SERVER, Resource, SpanRecord
+from costproc.price.book import InvalidQuantity, PriceBook, matches_all
+from costproc.receive.wire import parse_request, string_value
+
+STATUS_ERROR = 2
+_REMOTE_PARENT = 0x300  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | SPAN_FLAGS_CONTEXT_IS_REMOTE
+MAX_LABEL_CHARS = 128  # label values from attributes are cut here
+MAX_JOB_ID_CHARS = 256
+_INSTANCE_KEYS = ("service.instance.id", "k8s.pod.name", "host.name")
+_BODY_SIZE_BY_KIND = {
+    KIND_SERVER: "http.response.body.size",
+    KIND_CLIENT: "http.request.body.size",
+    KIND_PRODUCER: "messaging.message.body.size",
+}
+
+
+class Rejected(Exception):
+    """A span or resource breaks a validation rule; `reason` is the metric label."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one request held: accepted spans, and rejected span counts by reason."""
+
+    spans: list[SpanRecord] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def received(self) -> int:
+        return len(self.spans) + sum(self.rejected.values())
+
+    def rejection_message(self) -> str:
+        reasons = ", ".join(f"{reason}={n}" for reason, n in sorted(self.rejected.items()))
+        return f"rejected {sum(self.rejected.values())} span(s): {reasons}"
+
+
+def count_value(attrs: Any, key: str, reason: str = "invalid_usage") -> float | None:
+    """A counted attribute: None when absent, else a finite non-negative number."""
+    value = attrs.get(key)
+    if value is None:
+        return None
+    which = value.WhichOneof("value")
+    if which == "int_value":
+        number = float(value.int_value)
+    elif which == "double_value":
+        number = value.double_value
+    else:
+        raise Rejected(reason)
+    if number < 0 or not math.isfinite(number):
+        raise Rejected(reason)
+    return number
+
+
+def _first_string(attrs: Any, keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = string_value(attrs.get(key))
+        if value:
+            return value
+    return None
+
+
+def _label(value: str | None) -> str | None:
+    return value[:MAX_LABEL_CHARS] if value else None
+
+
+class Decoder:
+    """Turns request bytes into records using the configured keys and the price book."""
+
+    def __init__(self, config: Config, book: PriceBook):
+        self.config = config
+        self.book = book
+        usage = config.usage
+        rollup = config.rollup
+        self.job_id_keys = rollup.job_id_attributes
+        self.job_type_key = rollup.job_type_attribute
+        self.tenant_key = rollup.tenant_attribute
+        self.outcome_key = rollup.outcome_attribute
+        self.measured_keys = (
+            usage.cpu_seconds_attribute,
+            usage.memory_gb_seconds_attribute,
+            usage.gpu_seconds_attribute,
+        )
+        self.override_keys = tuple(sorted(book.override_keys()))
+        self.egress_rules: tuple[EgressRule, ...] = usage.egress_rules
+
+    def decode(self, body: bytes) -> Decoded:
+        """Decode one ExportTraceServiceRequest; raises DecodeError if it is not one."""
+        try:
+            request = parse_request(body)
+        except (ProtobufDecodeError, ValueError) as exc:
+            raise DecodeError(
+                f"request body is not an OTLP ExportTraceServiceRequest: {exc}"
+            ) from exc
+        out = Decoded()
+        for resource_spans in request.resource_spans:
+            self._decode_resource_spans(resource_spans, out)
+        return out
+
+    def _decode_resource_spans(self, resource_spans: Any, out: Decoded) -> None:
+        try:
+            resource = self._resource(resource_spans.resource.attributes)
+        except Rejected as exc:
+            out.rejected[exc.reason] += sum(len(s.spans) for s in resource_spans.scope_spans)
+            return
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                try:
+                    out.spans.append(self._span(span, resource))
+                except Rejected as exc:
+                    out.rejected[exc.reason] += 1
+
+    def _resource(self, attrs: Any) -> Resource:
+        usage = self.config.usage
+        service = string_value(attrs.get("service.name")) or "unknown_service"
+        instance_id = _first_string(attrs, _INSTANCE_KEYS)
+        per_service = usage.services.get(service)
+        defaults = usage.defaults
+
+        def setting(key: str, name: str) -> float:
+            value = count_value(attrs, key, "invalid_allocation")
+            if value is None and per_service is not None:
+                value = getattr(per_service, name)
+            return value if value is not None else float(getattr(defaults, name))
+
+        concurrency = setting(usage.concurrency_attribute, "concurrency")
+        if concurrency <= 0:
+            raise Rejected("invalid_allocation")
+        override_attrs = {}
+        for key in self.override_keys:
+            value = string_value(attrs.get(key))
+            if value is not None:
+                override_attrs[key] = value
+        return Resource(
+            service=_label(service) or "unknown_service",
+            instance=f"{service}/{instance_id}" if instance_id else service,
+            allocation=(
+                setting(usage.cpu_allocated_attribute, "cpu_cores"),
+                setting(usage.memory_allocated_attribute, "memory_gb"),
+                setting(usage.gpu_allocated_attribute, "gpus"),
+            ),
+            concurrency=concurrency,
+            job_id=_first_string(attrs, self.job_id_keys),
+            job_type=_label(string_value(attrs.get(self.job_type_key))),
+            tenant=_label(string_value(attrs.get(self.tenant_key))),
+            override_attrs=override_attrs,
+        )
+
+    def _span(self, span: Any, resource: Resource) -> SpanRecord:
+        trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
+        if len(trace_id) != 16 or not any(trace_id):
+            raise Rejected("invalid_trace_id")
+        if len(span_id) != 8 or not any(span_id):
+            raise Rejected("invalid_span_id")
+        if len(parent_id) not in (0, 8):
+            raise Rejected("invalid_parent_span_id")
+        start, end = span.start_time_unix_nano, span.end_time_unix_nano
+        if end < start:
+            raise Rejected("end_before_start")
+        attrs = span.attributes
+        kind = span.kind
+        table = self.book.table_at(end)
+        measured = (
+            count_value(attrs, self.measured_keys[0]),
+            count_value(attrs, self.measured_keys[1]),
+            count_value(attrs, self.measured_keys[2]),
+        )
+        egress_bytes = self._egress_bytes(attrs, kind)
+        egress_class = self._egress_class(attrs) if egress_bytes else ""
+        metered: tuple[tuple[str, float], ...] = ()
+        if table.metered:
+            try:
+                metered = self.book.metered(table, _strings(attrs), _numbers(attrs))
+            except InvalidQuantity as exc:
+                raise Rejected("invalid_usage") from exc
+        job_id = _first_string(attrs, self.job_id_keys) or resource.job_id
+        outcome = string_value(attrs.get(self.outcome_key))
+        outcome = outcome.lower() if outcome else None
+        return SpanRecord(
+            trace_id,
+            span_id,
+            parent_id if any(parent_id) else b"",
+            start,
+            end,
+            resource,
+            table.version,
+            kind=kind,
+            error=span.status.code == STATUS_ERROR,
+            remote_parent=(span.flags & _REMOTE_PARENT) == _REMOTE_PARENT,
+            job_id=job_id[:MAX_JOB_ID_CHARS] if job_id else None,
+            job_type=_label(string_value(attrs.get(self.job_type_key))),
+            tenant=_label(string_value(attrs.get(self.tenant_key))),
+            outcome=outcome if outcome in ("success", "failure") else None,
+            measured=measured,
+            egress_bytes=egress_bytes,
+            egress_class=egress_class,
+            metered=metered,
+        )
+
+    def _egress_bytes(self, attrs: Any, kind: int) -> float:
+        """One source per span: the explicit attribute wins over the body size by kind."""
+        explicit = count_value(attrs, self.config.usage.egress_bytes_attribute)
+        if explicit is not None:
+            return explicit
+        key = _BODY_SIZE_BY_KIND.get(kind)
+        if key is None:
+            return 0.0
+        return count_value(attrs, key) or 0.0
+
+    def _egress_class(self, attrs: Any) -> str:
+        usage = self.config.usage
+        explicit = string_value(attrs.get(usage.egress_class_attribute))
+        if explicit:
+            return explicit
+        lookup = _strings(attrs)
+        for rule in self.egress_rules:
+            if matches_all(rule.match, lookup):
+                return rule.egress_class
+        return usage.egress_default_class
+
+
+def _strings(attrs: Any) -> Callable[[str], str | None]:
+    return lambda key: string_value(attrs.get(key))
+
+
+def _numbers(attrs: Any) -> Callable[[str], float | None]:
+    def number(key: str) -> float | None:
+        try:
+            return count_value(attrs, key)
+        except Rejected as exc:
+            raise InvalidQuantity(key) from exc
+
+    return number
