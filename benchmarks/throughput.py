@@ -45,6 +45,9 @@ STOP_TIMEOUT_S = 15.0
 MAX_RUN_S = 600.0  # caps a --requests run whatever the server does
 METRICS_SETTLE_S = 5.0  # the counter may trail the last response briefly
 SPANS_METRIC = "costproc_spans_received_total"
+# Loopback only: ignore any proxy the environment names, for HTTP and for gRPC alike.
+NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 # Every trace id in a template starts with this; each call swaps in its own index so
 # that no two calls carry the same trace, as with a live fleet of SDKs.
@@ -99,6 +102,7 @@ class JobBuilder:
         """Append a span and return its id."""
         span_id = self.rng.randbytes(8)
         failed = kind == SERVER and bool(parent) and self.rng.random() < 0.03
+        status = Status(code=Status.STATUS_CODE_ERROR, message="timeout") if failed else None
         self.spans.append(
             (
                 where,
@@ -111,9 +115,7 @@ class JobBuilder:
                     start_time_unix_nano=times[0],
                     end_time_unix_nano=times[1],
                     attributes=attributes(attrs),
-                    status=Status(code=Status.STATUS_CODE_ERROR, message="upstream timeout")
-                    if failed
-                    else None,
+                    status=status,
                     flags=REMOTE_PARENT if kind == SERVER else LOCAL_PARENT,
                 ),
             )
@@ -170,6 +172,7 @@ def add_call(job: JobBuilder, gateway: str, root: bytes, start: int, width: int,
             "http.response.status_code": 200,
             "http.response.body.size": body,
             "network.peer.address": f"10.0.{rng.randrange(4)}.{rng.randrange(2, 250)}",
+            "user_agent.original": "python-httpx/0.28.1",
         },
     )
     add_internal(job, worker, server, served, step)
@@ -419,7 +422,7 @@ def accepts(port: int) -> bool:
 def http_get(url: str) -> tuple[int, str]:
     """(status, body) of a GET; status 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with NO_PROXY_OPENER.open(url, timeout=2) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, ""
@@ -438,6 +441,30 @@ exporters:
 extensions:
   health_check:
     endpoint: 127.0.0.1:{health}
+usage:
+  services:
+    api-gateway: {{cpu_cores: 2, memory_gb: 4, concurrency: 16}}
+    job-worker: {{cpu_cores: 4, memory_gb: 8, concurrency: 4}}
+    model-proxy: {{cpu_cores: 1, memory_gb: 2, concurrency: 32}}
+pricing:
+  tables:
+    - version: bench
+      effective_from: 2000-01-01T00:00:00Z
+      cpu_core_hour: 0.031611
+      memory_gb_hour: 0.004237
+      gpu_hour: 0.95
+      egress_per_gb: {{internet: 0.09}}
+      metered:
+        - name: llm-input
+          component: llm_tokens
+          match: {{gen_ai.request.model: {{regex: '.+'}}}}
+          quantity: gen_ai.usage.input_tokens
+          unit_price: 0.0000025
+        - name: llm-output
+          component: llm_tokens
+          match: {{gen_ai.request.model: {{regex: '.+'}}}}
+          quantity: gen_ai.usage.output_tokens
+          unit_price: 0.00001
 """
 
 
@@ -530,7 +557,7 @@ async def run_phase(
 
 async def drive(port: int, workload: Workload, args: argparse.Namespace) -> tuple[Phase, Phase]:
     """Warm up, then measure; returns (warmup, measured)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(
             EXPORT_METHOD, request_serializer=None, response_deserializer=None
         )
@@ -611,9 +638,9 @@ def run_target(target: str, workload: Workload, args: argparse.Namespace, workdi
     return outcome
 
 
-def fmt(v: float | None, spec: str) -> str:
-    """A number for the table; '-' when unknown."""
-    return "-" if v is None else format(v, spec)
+def fmt(v: float | None, width: int, decimals: int) -> str:
+    """A right-aligned number for the table; '-' when unknown."""
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.{decimals}f}"
 
 
 def table(results: list[Result]) -> str:
@@ -623,8 +650,8 @@ def table(results: list[Result]) -> str:
     for r in results:
         lines.append(
             f"{r.target:<9} {r.calls:>7} {sum(r.errors.values()):>6} {r.spans_per_s:>10,.0f}"
-            f" {fmt(r.p50_ms, '7.2f')} {fmt(r.p99_ms, '7.2f')}"
-            f" {fmt(r.peak_rss_mib, '12.1f')} {fmt(r.rss_after_mib, '13.1f')}"
+            f" {fmt(r.p50_ms, 7, 2)} {fmt(r.p99_ms, 7, 2)}"
+            f" {fmt(r.peak_rss_mib, 12, 1)} {fmt(r.rss_after_mib, 13, 1)}"
         )
     return "\n".join(lines)
 
@@ -647,8 +674,11 @@ def report(workload: Workload, results: list[Result], as_json: bool) -> str:
     """The whole report, as text or JSON."""
     extra = summary(results)
     if as_json:
-        shape = {"spans_per_request": workload.spans_per_request}
-        shape |= {"bytes_per_span": round(workload.bytes_per_span, 1)}
+        shape = {
+            "spans_per_request": workload.spans_per_request,
+            "templates": len(workload.templates),
+            "bytes_per_span": round(workload.bytes_per_span, 1),
+        }
         body = {"workload": shape, "results": [asdict(r) for r in results], **extra}
         return json.dumps(body, indent=2)
     lines = [
@@ -683,18 +713,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
-    if args.spans_per_request < 20 or args.concurrency < 1 or args.templates < 1:
-        p.error("need --spans-per-request >= 20, --concurrency >= 1, --templates >= 1")
+    requests = 1 if args.requests is None else args.requests
+    if min(args.concurrency, args.templates, requests) < 1 or args.seconds <= 0:
+        p.error("--seconds must be > 0; --requests, --concurrency, --templates >= 1")
+    if args.spans_per_request < 20 or args.warmup < 0:
+        p.error("--spans-per-request must be >= 20 and --warmup >= 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 if costproc's span count disagrees."""
     args = parse_args(argv)
-    workload = build_workload(args.templates, args.spans_per_request, args.seed)
     targets = ["canned", "costproc"] if args.target == "both" else [args.target]
     with tempfile.TemporaryDirectory(prefix="costproc-bench-") as tmp:
         try:
+            workload = build_workload(args.templates, args.spans_per_request, args.seed)
             results = [run_target(t, workload, args, Path(tmp)) for t in targets]
         except RuntimeError as error:
             print(f"error: {error}", file=sys.stderr)

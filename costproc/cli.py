@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from costproc.config import default_config_path, load_config
+from costproc.config import Config, default_config_path, load_config
 from costproc.errors import ConfigError
 
 log = logging.getLogger("costproc")
@@ -73,22 +73,28 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_or_exit(path: str | None) -> object:
+def _load_or_report(path: str | None) -> Config | None:
+    """The config, or None after printing every problem in it."""
     try:
         return load_config(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        raise SystemExit(1) from exc
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from costproc.config.model import Config
     from costproc.service import Service
 
-    config = _load_or_exit(args.config)
-    assert isinstance(config, Config)
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
 
     async def run() -> None:
+        # Handlers first: a SIGTERM during start-up must still stop the service cleanly.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         service = Service(config)
         await service.start()
         log.info(
@@ -98,10 +104,6 @@ def _serve(args: argparse.Namespace) -> int:
             config.prometheus.endpoint,
             config.health.endpoint,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down: closing open jobs")
         await service.stop()
@@ -111,10 +113,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from costproc.config.model import Config
     from costproc.demo import run_demo
 
-    config = _load_or_exit(args.config)
-    assert isinstance(config, Config)
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
     code: int = run_demo(config, duration=args.duration, rate=args.rate, seed=args.seed)
     return code

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from costproc.clock import Clock, MonotonicClock
 from costproc.config.model import Config
+from costproc.export.fanout import FanOut
 from costproc.export.http import HealthServer, MetricsServer
 from costproc.export.metrics import CostMetrics
-from costproc.model import SpanRecord
+from costproc.model import CostSink, SpanRecord
 from costproc.price.book import PriceBook
 from costproc.price.pricer import Pricer
 from costproc.receive.decode import Decoder
@@ -37,14 +38,18 @@ class Service:
         clock: Clock | None = None,
         wall_ns: Callable[[], int] = time.time_ns,
         registry: CollectorRegistry | None = None,
+        extra_sinks: Sequence[CostSink] = (),
     ):
+        # `_created` series double every counter's series count and no query here uses them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.config = config
         self.clock = clock or MonotonicClock()
         self.wall_ns = wall_ns
         self.registry = registry if registry is not None else CollectorRegistry()
         self.book = PriceBook(config.pricing, config.usage.egress_default_class)
         self.metrics = CostMetrics(config.prometheus, config.pricing.currency, self.registry)
-        self.rollup = Rollup(config.rollup, Pricer(self.book), self.metrics, self.clock)
+        sink: CostSink = FanOut([self.metrics, *extra_sinks]) if extra_sinks else self.metrics
+        self.rollup = Rollup(config.rollup, Pricer(self.book), sink, self.clock)
         self.receiver = GrpcReceiver(
             config.grpc.endpoint,
             int(config.grpc.max_recv_msg_size_mib * MIB),

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,14 +46,26 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]*):(\d{1,5})$")
 
 # Resource prices may be written per second or per hour; hourly ones are converted.
+# Each key maps to (field, seconds per unit of the key).
 _RESOURCE_PRICE_KEYS = {
-    "cpu_core_second": ("cpu_core_second", 1.0),
-    "cpu_core_hour": ("cpu_core_second", 1 / 3600),
-    "memory_gb_second": ("memory_gb_second", 1.0),
-    "memory_gb_hour": ("memory_gb_second", 1 / 3600),
-    "gpu_second": ("gpu_second", 1.0),
-    "gpu_hour": ("gpu_second", 1 / 3600),
+    "cpu_core_second": ("cpu_core_second", 1),
+    "cpu_core_hour": ("cpu_core_second", 3600),
+    "memory_gb_second": ("memory_gb_second", 1),
+    "memory_gb_hour": ("memory_gb_second", 3600),
+    "gpu_second": ("gpu_second", 1),
+    "gpu_hour": ("gpu_second", 3600),
 }
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `2e-6` as a float, as YAML 1.2 does (1.1 wants `2.0e-6`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def default_config_path() -> Path:
@@ -74,7 +87,7 @@ def parse_config(text: str) -> Config:
     """Validate YAML text into a Config; raise ConfigError naming every problem."""
     problems: list[str] = []
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"]) from exc
     doc = _expand_env(doc, "", problems)
@@ -110,7 +123,7 @@ def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
     expanded = _ENV_REF.sub(sub, node)
     if _ENV_REF.fullmatch(node):
         try:
-            return yaml.safe_load(expanded)
+            return yaml.load(expanded, Loader=_Loader)
         except yaml.YAMLError:
             return expanded
     return expanded
@@ -250,9 +263,21 @@ class _Reader:
                     out.append(Match(str(key), regex=re.compile(pattern)))
                 except re.error as exc:
                     self.bad(_join(sub, "regex"), f"invalid regular expression: {exc}")
+            elif want is None or isinstance(want, list):
+                self.bad(sub, f"must be a value or {{regex: ...}}, got {want!r}")
             else:
                 out.append(Match(str(key), equals=_scalar_text(want)))
         return tuple(out)
+
+    def unique(self, values: Sequence[str | int], path: str, key: str) -> None:
+        """Report each repeat of `key` among the items of the list at `path`, in order."""
+        first: dict[str | int, int] = {}
+        for i, value in enumerate(values):
+            if value in ("", 0):
+                continue  # missing or invalid, reported where it was read
+            if value in first:
+                self.bad(_join(_join(path, i), key), f"same as in {_join(path, first[value])}")
+            first.setdefault(value, i)
 
     # -- sections ----------------------------------------------------------
 
@@ -413,12 +438,8 @@ class _Reader:
             self.bad(tables_path, "must be a non-empty list of price tables")
             return PricingConfig(currency=currency)
         tables = [self.table(t, _join(tables_path, i)) for i, t in enumerate(tables_node)]
-        versions = [t.version for t in tables]
-        for v in {v for v in versions if versions.count(v) > 1}:
-            self.bad(tables_path, f"version {v!r} appears more than once")
-        starts = [t.effective_from_ns for t in tables]
-        if len(set(starts)) != len(starts):
-            self.bad(tables_path, "two tables take effect at the same effective_from")
+        self.unique([t.version for t in tables], tables_path, "version")
+        self.unique([t.effective_from_ns for t in tables], tables_path, "effective_from")
         return PricingConfig(
             currency=currency, tables=tuple(sorted(tables, key=lambda t: t.effective_from_ns))
         )
@@ -444,9 +465,9 @@ class _Reader:
         prices = self.resource_prices(sec, path)
         for name in ("cpu_core_second", "memory_gb_second", "gpu_second"):
             if getattr(prices, name) is None:
-                self.bad(path, f"missing price: {name} (or its _hour form)")
+                self.bad(_join(path, name), "missing price (give it per second or per hour)")
         return PriceTable(
-            version=self.get(sec, path, "version", self.text, ""),
+            version=self.text(sec.get("version"), _join(path, "version")),
             effective_from_ns=self.timestamp(
                 sec.get("effective_from"), _join(path, "effective_from")
             ),
@@ -458,17 +479,21 @@ class _Reader:
 
     def resource_prices(self, sec: Mapping[str, Any], path: str) -> ResourcePrices:
         values: dict[str, float] = {}
-        for key, (field_name, factor) in _RESOURCE_PRICE_KEYS.items():
+        for key, (field_name, seconds) in _RESOURCE_PRICE_KEYS.items():
             if key not in sec:
                 continue
             if field_name in values:
                 self.bad(_join(path, key), f"{field_name} given twice (per second and per hour)")
-            values[field_name] = self.number(minimum=0)(sec[key], _join(path, key)) * factor
+            price = self.number(minimum=0)(sec[key], _join(path, key))
+            values[field_name] = _per_second(price, seconds)
         return ResourcePrices(**values)
 
     def timestamp(self, value: Any, path: str) -> int:
         if isinstance(value, datetime):
             moment = value
+        elif isinstance(value, date):
+            # YAML reads an unquoted 2026-01-01 as a date; quoted, it is midnight UTC too.
+            moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
         elif isinstance(value, str):
             try:
                 moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -495,7 +520,7 @@ class _Reader:
             sub = _join(path, i)
             sec = self.section(item, sub, {"name", "component", "match", "quantity", "unit_price"})
             quantity = sec.get("quantity", 1)
-            if quantity != 1 and not isinstance(quantity, str):
+            if isinstance(quantity, bool) or (quantity != 1 and not isinstance(quantity, str)):
                 self.bad(
                     _join(sub, "quantity"),
                     f"must be 1 (per span) or an attribute name, got {quantity!r}",
@@ -512,9 +537,7 @@ class _Reader:
                     ),
                 )
             )
-        names = [r.name for r in rules]
-        for n in {n for n in names if names.count(n) > 1}:
-            self.bad(path, f"rule name {n!r} appears more than once")
+        self.unique([r.name for r in rules], path, "name")
         return tuple(rules)
 
     def overrides(self, node: Any, path: str) -> tuple[Override, ...]:
@@ -567,6 +590,12 @@ _USAGE_ATTRIBUTE_FIELDS = {
     "gpu_allocated",
     "concurrency",
 }
+
+
+def _per_second(price: float, seconds: int) -> float:
+    # Divide the decimal the operator wrote, not its binary approximation, so that
+    # cpu_core_hour: 0.036 is exactly 0.00001 per second (0.036 / 3600 in floats is not).
+    return float(Decimal(repr(price)) / seconds)
 
 
 def _scalar_text(value: Any) -> str:

@@ -20,6 +20,7 @@ from costproc.price.book import PriceBook
 NS = 1e9
 _MAX_DEPTH = 10_000  # walks up parent chains stop here, so a parent cycle cannot hang us
 _USAGE_FIELDS = ("cpu_seconds", "memory_gb_seconds", "gpu_seconds")
+_NOT_MEASURED = (None, None, None)
 
 # Covered time per instance: merged intervals of an attempt's spans, kept after it
 # closes so a late span's estimate never re-bills instants already billed.
@@ -37,31 +38,61 @@ class Pricer:
     ) -> tuple[Cost, Covered]:
         """Cost of one attempt's spans, and the instants it covered per instance."""
         cost = Cost()
+        by_instance: dict[str, list[SpanRecord]] = {}
         for span in spans:
             self._price_local(span, cost)
+            by_instance.setdefault(span.resource.instance, []).append(span)
         cuts = _carve(job, spans, trace)
-        for kind in range(len(RESOURCE_KINDS)):
-            pieces: dict[str, list[tuple[int, int, tuple[float, float]]]] = {}
-            for span in spans:
-                if span.measured[kind] is not None:
-                    continue
-                rates = self.book.rates(span.resource, span.table)
-                share = rates.usage[kind]
-                if share <= 0:
-                    continue
-                key = (share, rates.price[kind])
-                own = (
-                    busy.subtract(span.start, span.end, cuts[span.span_id][kind])
-                    if span.span_id in cuts
-                    else [(span.start, span.end)]
-                )
-                pieces.setdefault(span.resource.instance, []).extend((s, e, key) for s, e in own)
-            for instance_pieces in pieces.values():
-                self._add_busy(cost, kind, busy.split_union(instance_pieces))
         covered: Covered = {}
-        for span in spans:
-            covered.setdefault(span.resource.instance, []).append((span.start, span.end))
-        return cost, {inst: busy.merge(iv) for inst, iv in covered.items()}
+        for instance, group in by_instance.items():
+            union = busy.merge((s.start, s.end) for s in group)
+            covered[instance] = union
+            if self._uniform(group, cuts):
+                # Common case: one rate, nothing measured or cut out: one union serves all kinds.
+                rates = self.book.rates(group[0].resource, group[0].table)
+                ns = sum(end - start for start, end in union)
+                for kind, share in enumerate(rates.usage):
+                    if share > 0:
+                        self._add_busy(cost, kind, {(share, rates.price[kind]): ns})
+            else:
+                for kind in range(len(RESOURCE_KINDS)):
+                    self._add_busy(cost, kind, busy.split_union(self._pieces(group, kind, cuts)))
+        return cost, covered
+
+    def _uniform(self, group: list[SpanRecord], cuts: Mapping[bytes, object]) -> bool:
+        first = group[0]
+        rates = self.book.rates(first.resource, first.table)
+        for span in group:
+            if span.measured != _NOT_MEASURED or span.span_id in cuts:
+                return False
+            if span.resource is not first.resource or span.table != first.table:
+                other = self.book.rates(span.resource, span.table)
+                if other.usage != rates.usage or other.price != rates.price:
+                    return False
+        return True
+
+    def _pieces(
+        self,
+        group: list[SpanRecord],
+        kind: int,
+        cuts: Mapping[bytes, tuple[list[busy.Interval], ...]],
+    ) -> list[tuple[int, int, tuple[float, float]]]:
+        """Each span's own intervals for one usage kind, keyed by its (share, price)."""
+        pieces: list[tuple[int, int, tuple[float, float]]] = []
+        for span in group:
+            if span.measured[kind] is not None:
+                continue
+            rates = self.book.rates(span.resource, span.table)
+            share = rates.usage[kind]
+            if share <= 0:
+                continue
+            key = (share, rates.price[kind])
+            if span.span_id in cuts:
+                own = busy.subtract(span.start, span.end, cuts[span.span_id][kind])
+                pieces.extend((start, end, key) for start, end in own)
+            else:
+                pieces.append((span.start, span.end, key))
+        return pieces
 
     def price_late(self, span: SpanRecord, covered: Covered) -> Cost:
         """Cost of a span whose attempt already closed; `covered` is updated in place."""

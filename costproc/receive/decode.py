@@ -21,12 +21,17 @@ from costproc.config.model import Config, EgressRule
 from costproc.errors import DecodeError
 from costproc.model import KIND_CLIENT, KIND_PRODUCER, KIND_SERVER, Resource, SpanRecord
 from costproc.price.book import InvalidQuantity, PriceBook, matches_all
-from costproc.receive.wire import parse_request, string_value
+from costproc.receive.wire import AnyValue, parse_request, string_value
 
 STATUS_ERROR = 2
 _REMOTE_PARENT = 0x300  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | SPAN_FLAGS_CONTEXT_IS_REMOTE
 MAX_LABEL_CHARS = 128  # label values from attributes are cut here
 MAX_JOB_ID_CHARS = 256
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
+_NOT_MEASURED: tuple[None, None, None] = (None, None, None)
+_OUTCOMES = ("success", "failure")
+Getter = Callable[[str], AnyValue | None]
 _INSTANCE_KEYS = ("service.instance.id", "k8s.pod.name", "host.name")
 _BODY_SIZE_BY_KIND = {
     KIND_SERVER: "http.response.body.size",
@@ -59,9 +64,8 @@ class Decoded:
         return f"rejected {sum(self.rejected.values())} span(s): {reasons}"
 
 
-def count_value(attrs: Any, key: str, reason: str = "invalid_usage") -> float | None:
+def _count(value: AnyValue | None, reason: str = "invalid_usage") -> float | None:
     """A counted attribute: None when absent, else a finite non-negative number."""
-    value = attrs.get(key)
     if value is None:
         return None
     which = value.WhichOneof("value")
@@ -105,7 +109,13 @@ class Decoder:
             usage.memory_gb_seconds_attribute,
             usage.gpu_seconds_attribute,
         )
+        self.egress_key = usage.egress_bytes_attribute
         self.override_keys = tuple(sorted(book.override_keys()))
+        # A metered rule matches only spans that carry its first key: test those first.
+        self._rule_keys = {
+            t.version: tuple(dict.fromkeys(r.match[0].key for r in t.metered if r.match))
+            for t in book.tables
+        }
         self.egress_rules: tuple[EgressRule, ...] = usage.egress_rules
 
     def decode(self, body: bytes) -> Decoded:
@@ -142,7 +152,7 @@ class Decoder:
         defaults = usage.defaults
 
         def setting(key: str, name: str) -> float:
-            value = count_value(attrs, key, "invalid_allocation")
+            value = _count(attrs.get(key), "invalid_allocation")
             if value is None and per_service is not None:
                 value = getattr(per_service, name)
             return value if value is not None else float(getattr(defaults, name))
@@ -171,39 +181,52 @@ class Decoder:
         )
 
     def _span(self, span: Any, resource: Resource) -> SpanRecord:
+        # The hot path: one C map lookup per configured key, Python work only for
+        # keys that are present. Most spans carry none of the usage keys.
         trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
-        if len(trace_id) != 16 or not any(trace_id):
+        if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID:
             raise Rejected("invalid_trace_id")
-        if len(span_id) != 8 or not any(span_id):
+        if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
             raise Rejected("invalid_span_id")
-        if len(parent_id) not in (0, 8):
+        if parent_id == _ZERO_SPAN_ID:
+            parent_id = b""
+        elif parent_id and len(parent_id) != 8:
             raise Rejected("invalid_parent_span_id")
         start, end = span.start_time_unix_nano, span.end_time_unix_nano
         if end < start:
             raise Rejected("end_before_start")
-        attrs = span.attributes
+        get = span.attributes.get
         kind = span.kind
         table = self.book.table_at(end)
-        measured = (
-            count_value(attrs, self.measured_keys[0]),
-            count_value(attrs, self.measured_keys[1]),
-            count_value(attrs, self.measured_keys[2]),
-        )
-        egress_bytes = self._egress_bytes(attrs, kind)
-        egress_class = self._egress_class(attrs) if egress_bytes else ""
+        keys = self.measured_keys
+        cpu, memory, gpu = get(keys[0]), get(keys[1]), get(keys[2])
+        if cpu is None and memory is None and gpu is None:
+            measured = _NOT_MEASURED
+        else:
+            measured = (_count(cpu), _count(memory), _count(gpu))
+        egress = get(self.egress_key)
+        if egress is None and kind in _BODY_SIZE_BY_KIND:
+            egress = get(_BODY_SIZE_BY_KIND[kind])
+        egress_bytes = _count(egress) or 0.0
         metered: tuple[tuple[str, float], ...] = ()
-        if table.metered:
+        if any(get(k) is not None for k in self._rule_keys[table.version]):
             try:
-                metered = self.book.metered(table, _strings(attrs), _numbers(attrs))
+                metered = self.book.metered(table, _strings(get), _numbers(get))
             except InvalidQuantity as exc:
                 raise Rejected("invalid_usage") from exc
-        job_id = _first_string(attrs, self.job_id_keys) or resource.job_id
-        outcome = string_value(attrs.get(self.outcome_key))
-        outcome = outcome.lower() if outcome else None
+        job_id = resource.job_id
+        for key in self.job_id_keys:
+            value = string_value(get(key))
+            if value:
+                job_id = value[:MAX_JOB_ID_CHARS]
+                break
+        outcome = string_value(get(self.outcome_key))
+        if outcome is not None:
+            outcome = outcome.lower()
         return SpanRecord(
             trace_id,
             span_id,
-            parent_id if any(parent_id) else b"",
+            parent_id,
             start,
             end,
             resource,
@@ -211,46 +234,36 @@ class Decoder:
             kind=kind,
             error=span.status.code == STATUS_ERROR,
             remote_parent=(span.flags & _REMOTE_PARENT) == _REMOTE_PARENT,
-            job_id=job_id[:MAX_JOB_ID_CHARS] if job_id else None,
-            job_type=_label(string_value(attrs.get(self.job_type_key))),
-            tenant=_label(string_value(attrs.get(self.tenant_key))),
-            outcome=outcome if outcome in ("success", "failure") else None,
+            job_id=job_id,
+            job_type=_label(string_value(get(self.job_type_key))),
+            tenant=_label(string_value(get(self.tenant_key))),
+            outcome=outcome if outcome in _OUTCOMES else None,
             measured=measured,
             egress_bytes=egress_bytes,
-            egress_class=egress_class,
+            egress_class=self._egress_class(get) if egress_bytes else "",
             metered=metered,
         )
 
-    def _egress_bytes(self, attrs: Any, kind: int) -> float:
-        """One source per span: the explicit attribute wins over the body size by kind."""
-        explicit = count_value(attrs, self.config.usage.egress_bytes_attribute)
-        if explicit is not None:
-            return explicit
-        key = _BODY_SIZE_BY_KIND.get(kind)
-        if key is None:
-            return 0.0
-        return count_value(attrs, key) or 0.0
-
-    def _egress_class(self, attrs: Any) -> str:
+    def _egress_class(self, get: Getter) -> str:
         usage = self.config.usage
-        explicit = string_value(attrs.get(usage.egress_class_attribute))
+        explicit = string_value(get(usage.egress_class_attribute))
         if explicit:
             return explicit
-        lookup = _strings(attrs)
+        lookup = _strings(get)
         for rule in self.egress_rules:
             if matches_all(rule.match, lookup):
                 return rule.egress_class
         return usage.egress_default_class
 
 
-def _strings(attrs: Any) -> Callable[[str], str | None]:
-    return lambda key: string_value(attrs.get(key))
+def _strings(get: Getter) -> Callable[[str], str | None]:
+    return lambda key: string_value(get(key))
 
 
-def _numbers(attrs: Any) -> Callable[[str], float | None]:
+def _numbers(get: Getter) -> Callable[[str], float | None]:
     def number(key: str) -> float | None:
         try:
-            return count_value(attrs, key)
+            return _count(get(key))
         except Rejected as exc:
             raise InvalidQuantity(key) from exc
 
