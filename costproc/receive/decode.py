@@ -21,7 +21,7 @@ from costproc.config.model import Config, EgressRule
 from costproc.errors import DecodeError
 from costproc.model import KIND_CLIENT, KIND_PRODUCER, KIND_SERVER, Resource, SpanRecord
 from costproc.price.book import InvalidQuantity, PriceBook, matches_all
-from costproc.receive.wire import AnyValue, parse_request, string_value
+from costproc.receive.wire import AnyValue, parse_request, string_value, text_value
 
 STATUS_ERROR = 2
 _REMOTE_PARENT = 0x300  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | SPAN_FLAGS_CONTEXT_IS_REMOTE
@@ -162,7 +162,7 @@ class Decoder:
             raise Rejected("invalid_allocation")
         override_attrs = {}
         for key in self.override_keys:
-            value = string_value(attrs.get(key))
+            value = text_value(attrs.get(key))
             if value is not None:
                 override_attrs[key] = value
         return Resource(
@@ -200,9 +200,8 @@ class Decoder:
         table = self.book.table_at(end)
         keys = self.measured_keys
         cpu, memory, gpu = get(keys[0]), get(keys[1]), get(keys[2])
-        if cpu is None and memory is None and gpu is None:
-            measured = _NOT_MEASURED
-        else:
+        measured: tuple[float | None, float | None, float | None] = _NOT_MEASURED
+        if cpu is not None or memory is not None or gpu is not None:
             measured = (_count(cpu), _count(memory), _count(gpu))
         egress = get(self.egress_key)
         if egress is None and kind in _BODY_SIZE_BY_KIND:
@@ -257,7 +256,7 @@ class Decoder:
 
 
 def _strings(get: Getter) -> Callable[[str], str | None]:
-    return lambda key: string_value(get(key))
+    return lambda key: text_value(get(key))
 
 
 def _numbers(get: Getter) -> Callable[[str], float | None]:

@@ -59,7 +59,10 @@ class GrpcReceiver:
 
     async def start(self) -> None:
         """Bind and start serving; `port` holds the bound port afterwards."""
-        self.port = self._server.add_insecure_port(self.endpoint)
+        try:
+            self.port = self._server.add_insecure_port(self.endpoint)
+        except RuntimeError as exc:  # grpcio reports a taken or bad address this way
+            raise OSError(str(exc)) from exc
         if self.port == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {self.endpoint}")
         await self._server.start()

@@ -47,9 +47,9 @@ __all__ = [
     "ScopeSpansView",
     "SpanView",
     "StatusView",
-    "number_value",
     "parse_request",
     "string_value",
+    "text_value",
 ]
 
 _PACKAGE = "costproc.wire.v1"
@@ -220,13 +220,21 @@ def string_value(v: AnyValue | None) -> str | None:
     return None
 
 
-def number_value(v: AnyValue | None) -> float | None:
-    """The value as a number: an int or a double; None for anything else or absent."""
+def text_value(v: AnyValue | None) -> str | None:
+    """The value as text for matching rules: strings, ints, doubles and bools.
+
+    Bools are `true`/`false` and doubles use Python's shortest repr, so a rule written
+    in YAML as `spot: true` or `ratio: 0.5` matches the attribute it names.
+    """
     if v is None:
         return None
     which = v.WhichOneof("value")
+    if which == "string_value":
+        return v.string_value
     if which == "int_value":
-        return float(v.int_value)
+        return str(v.int_value)
+    if which == "bool_value":
+        return "true" if v.bool_value else "false"
     if which == "double_value":
-        return v.double_value
+        return repr(v.double_value)
     return None

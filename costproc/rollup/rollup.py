@@ -27,7 +27,6 @@ from costproc.model import (
     KIND_SERVER,
     SUCCESS,
     AttemptResult,
-    Cost,
     CostSink,
     JobResult,
     Labels,
@@ -92,6 +91,8 @@ class Rollup:
             self._waiting_count += 1
         else:
             self._assign(trace, span, job, now)
+            if trace.idle:  # only late or dropped spans arrived: nothing left open here
+                self._set_idle(trace, now)
         return True
 
     def _trace(self, trace_id: bytes) -> TraceState:
@@ -250,10 +251,7 @@ class Rollup:
             cost,
         )
         self.sink.attempt_closed(result)
-        job.results.append(result)
-        job.extend(attempt.spans)
-        if result.outcome == SUCCESS and job.success is None:
-            job.success = result
+        job.fold(result, attempt.spans)
         if not job.open:
             if job.success is not None or self.config.retry_window <= 0 or job.evicted:
                 self._close_job(job)
@@ -261,34 +259,36 @@ class Rollup:
                 job.last_closed = now
                 self._retrying[job] = None
         if trace.idle and self.traces.get(trace.trace_id) is trace:
-            trace.compact()
-            self._idle[trace.trace_id] = now
+            self._set_idle(trace, now)
+
+    def _set_idle(self, trace: TraceState, now: float) -> None:
+        """Nothing is open in `trace`: keep only span -> job, for `late_span_window`."""
+        trace.compact()
+        self._idle[trace.trace_id] = now
+        self._idle.move_to_end(trace.trace_id)
 
     def _close_job(self, job: JobState) -> None:
         self._retrying.pop(job, None)
         if self.jobs.get(job.job_id) is job:
             del self.jobs[job.job_id]
-        outcomes = {r.outcome for r in job.results}
         if job.evicted:
             outcome = EVICTED
-        elif SUCCESS in outcomes:
+        elif job.success is not None:
             outcome = SUCCESS
-        elif FAILURE in outcomes:
+        elif job.failed:
             outcome = FAILURE
         else:
             outcome = INCOMPLETE
-        deciding = job.success or job.results[-1]
-        total = Cost()
-        for r in job.results:
-            total.add(r.cost)
+        deciding = job.success or job.last
+        assert deciding is not None, "a job is created with its first attempt"
         duration = ((job.last_end or 0) - (job.first_start or 0)) / 1e9
         self.sink.job_closed(
             JobResult(
                 job.job_id,
                 deciding.labels,
                 outcome,
-                len(job.results),
-                total,
+                job.attempts,
+                job.cost,
                 duration,
                 deciding.trace_id,
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from costproc.model import AttemptResult, Labels, SpanRecord
+from costproc.model import FAILURE, SUCCESS, AttemptResult, Cost, Labels, SpanRecord
 from costproc.price.pricer import Covered
 
 
@@ -80,16 +80,23 @@ class TraceState:
 
 
 class JobState:
-    """One job across its attempts (one per trace), until it closes."""
+    """One job across its attempts (one per trace), until it closes.
+
+    Attempts are folded in as they close, so a job retried for hours holds the same
+    few fields as a job tried once.
+    """
 
     __slots__ = (
+        "attempts",
+        "cost",
         "evicted",
+        "failed",
         "first_start",
         "job_id",
+        "last",
         "last_closed",
         "last_end",
         "open",
-        "results",
         "success",
     )
 
@@ -97,13 +104,23 @@ class JobState:
         self.job_id = job_id
         self.open: list[AttemptState] = []
         self.evicted = False
-        self.results: list[AttemptResult] = []
+        self.attempts = 0
+        self.cost = Cost()
+        self.failed = False
         self.success: AttemptResult | None = None
+        self.last: AttemptResult | None = None
         self.first_start: int | None = None
         self.last_end: int | None = None
         self.last_closed = 0.0
 
-    def extend(self, spans: list[SpanRecord]) -> None:
+    def fold(self, result: AttemptResult, spans: list[SpanRecord]) -> None:
+        """Add a closed attempt: its cost, outcome and time span."""
+        self.attempts += 1
+        self.cost.add(result.cost)
+        self.last = result
+        if result.outcome == SUCCESS and self.success is None:
+            self.success = result
+        self.failed = self.failed or result.outcome == FAILURE
         start = min(s.start for s in spans)
         end = max(s.end for s in spans)
         self.first_start = start if self.first_start is None else min(self.first_start, start)
