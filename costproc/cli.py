@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from costproc.config import Config, default_config_path, load_config
-from costproc.errors import ConfigError
+from costproc.errors import ConfigError, StartupError
 
 log = logging.getLogger("costproc")
 
@@ -96,7 +96,11 @@ def _serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         service = Service(config)
-        await service.start()
+        try:
+            await service.start()
+        except StartupError as exc:
+            print(f"costproc: {exc}", file=sys.stderr)
+            raise SystemExit(1) from exc
         log.info(
             "costproc serving: OTLP/gRPC %s (port %d), metrics %s, health %s",
             config.grpc.endpoint,

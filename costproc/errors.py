@@ -20,5 +20,9 @@ class ConfigError(CostprocError):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
+class StartupError(CostprocError):
+    """The service could not start: an endpoint is taken or cannot be bound."""
+
+
 class DecodeError(CostprocError):
     """An OTLP request body could not be decoded."""

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from costproc.clock import Clock, MonotonicClock
 from costproc.config.model import Config
+from costproc.errors import StartupError
 from costproc.export.fanout import FanOut
 from costproc.export.http import HealthServer, MetricsServer
 from costproc.export.metrics import CostMetrics
@@ -71,10 +72,21 @@ class Service:
             self.rollup.dropped_untagged = 0
 
     async def start(self) -> None:
-        """Bind every endpoint and start the rollup's clock."""
-        self.metrics_server.start()
-        await self.receiver.start()
-        self.health_server.start()
+        """Bind every endpoint and start the rollup's clock; StartupError names a busy one."""
+        config = self.config
+        try:
+            _bind("exporters.prometheus.endpoint", config.prometheus.endpoint, self.metrics_server.start)
+            try:
+                await self.receiver.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {config.grpc.endpoint} (receivers.otlp.grpc.endpoint): {exc}"
+                ) from exc
+            _bind("extensions.health_check.endpoint", config.health.endpoint, self.health_server.start)
+        except StartupError:
+            await self.receiver.stop(0)
+            self.metrics_server.shutdown()
+            raise
         self._update_price_table()
         self._running = True
         self._ticker = asyncio.create_task(self._tick_forever())
@@ -103,3 +115,10 @@ class Service:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _bind(key: str, endpoint: str, start: Callable[[], None]) -> None:
+    try:
+        start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {endpoint} ({key}): {exc.strerror or exc}") from exc

@@ -69,8 +69,10 @@ _Loader.add_implicit_resolver(
 
 
 def default_config_path() -> Path:
-    """The bundled default config shipped with the source tree."""
-    return Path(__file__).resolve().parents[2] / "config" / "costproc.yaml"
+    """The bundled default config, `config/costproc.yaml`, as shipped inside the package."""
+    # costproc/defaults/costproc.yaml links to config/costproc.yaml in the source tree;
+    # building a wheel copies the file, so installed and editable copies read the same.
+    return Path(__file__).resolve().parents[1] / "defaults" / "costproc.yaml"
 
 
 def load_config(path: str | Path | None = None) -> Config:
