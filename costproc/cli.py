@@ -101,10 +101,10 @@ def _serve(args: argparse.Namespace) -> int:
         except StartupError as exc:
             print(f"costproc: {exc}", file=sys.stderr)
             raise SystemExit(1) from exc
+        for key, receiver in service.receivers:
+            log.info("costproc serving %s on port %d", key, receiver.port)
         log.info(
-            "costproc serving: OTLP/gRPC %s (port %d), metrics %s, health %s",
-            config.grpc.endpoint,
-            service.receiver.port,
+            "costproc serving metrics on %s, health on %s",
             config.prometheus.endpoint,
             config.health.endpoint,
         )

@@ -193,6 +193,9 @@ class Cost:
         self.gpu_seconds += other.gpu_seconds
 
 
+MAX_TRACE_IDS = 32  # trace ids kept per job for records; a retry storm keeps the first ones
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     """One closed attempt: the spans of one job inside one trace, priced."""
@@ -202,6 +205,10 @@ class AttemptResult:
     labels: Labels
     outcome: str
     cost: Cost
+    root_span_id: bytes = b""  # the job root: the earliest-starting topmost span
+    table_version: str = ""  # the price table in force at the job root's end
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +221,12 @@ class JobResult:
     attempts: int
     cost: Cost
     duration_seconds: float
-    trace_id: bytes
+    trace_id: bytes  # of the deciding attempt; also the exemplar
+    root_span_id: bytes = b""  # the deciding attempt's job root
+    table_version: str = ""
+    trace_ids: tuple[bytes, ...] = ()  # every attempt's trace, first MAX_TRACE_IDS of them
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 class CostSink(Protocol):
@@ -247,3 +259,6 @@ class IntakeSink(Protocol):
 
     def spans_dropped(self, reason: str, count: int) -> None:
         """Accepted spans deliberately not rolled up (duplicates, untagged in drop mode)."""
+
+    def requests_refused(self, reason: str) -> None:
+        """A request was refused with a retryable status (backpressure)."""

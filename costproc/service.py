@@ -1,7 +1,8 @@
 """The service: wires receive -> roll up -> price -> export and runs them on one loop.
 
-GrpcReceiver --spans--> Rollup.add ... tick every tick_interval ... -> CostMetrics
-                                                              MetricsServer scrapes it
+GrpcReceiver / HttpReceiver -> Intake -> Rollup.add ... tick every tick_interval
+    ... -> CostSinks (CostMetrics, forwarder's cost spans, cost records)
+MetricsServer serves CostMetrics' registry; HealthServer says whether we serve.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
@@ -19,15 +21,28 @@ from costproc.errors import StartupError
 from costproc.export.fanout import FanOut
 from costproc.export.http import HealthServer, MetricsServer
 from costproc.export.metrics import CostMetrics
-from costproc.model import CostSink, SpanRecord
+from costproc.model import CostSink
 from costproc.price.book import PriceBook
 from costproc.price.pricer import Pricer
 from costproc.receive.decode import Decoder
 from costproc.receive.grpc_server import GrpcReceiver
+from costproc.receive.intake import Intake
 from costproc.rollup.rollup import Rollup
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+
+
+class Receiver(Protocol):
+    """A protocol front end that hands request bodies to an `Intake`."""
+
+    port: int
+
+    async def start(self) -> None:
+        """Bind and serve; raise OSError when the endpoint cannot be bound."""
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking requests; requests in progress get `grace` seconds."""
 
 
 class Service:
@@ -49,47 +64,80 @@ class Service:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.book = PriceBook(config.pricing, config.usage.egress_default_class)
         self.metrics = CostMetrics(config.prometheus, config.pricing.currency, self.registry)
-        sink: CostSink = FanOut([self.metrics, *extra_sinks]) if extra_sinks else self.metrics
+        sinks: list[CostSink] = [self.metrics, *extra_sinks]
+        sink: CostSink = FanOut(sinks) if len(sinks) > 1 else self.metrics
         self.rollup = Rollup(config.rollup, Pricer(self.book), sink, self.clock)
-        self.receiver = GrpcReceiver(
-            config.grpc.endpoint,
-            int(config.grpc.max_recv_msg_size_mib * MIB),
-            Decoder(config, self.book),
-            self.metrics,
-            self._deliver,
-        )
+        self.intake = Intake(Decoder(config, self.book), self.rollup, self.metrics)
+        # (config key, receiver) for every configured protocol.
+        self.receivers: list[tuple[str, Receiver]] = []
+        if config.grpc is not None:
+            grpc_receiver = GrpcReceiver(config.grpc, self.intake)
+            self.receivers.append(("receivers.otlp.grpc.endpoint", grpc_receiver))
         self.metrics_server = MetricsServer(config.prometheus, self.registry)
         self.health_server = HealthServer(config.health, lambda: self._running)
         self._running = False
         self._stopped = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
+        self._stops: list[Callable[[], Awaitable[None]]] = []
 
-    def _deliver(self, spans: list[SpanRecord]) -> None:
-        duplicates = self.rollup.add(spans)
-        self.metrics.spans_dropped("duplicate", duplicates)
-        if self.rollup.dropped_untagged:
-            self.metrics.spans_dropped("untagged", self.rollup.dropped_untagged)
-            self.rollup.dropped_untagged = 0
+    @property
+    def grpc_port(self) -> int:
+        """The bound OTLP/gRPC port (after start)."""
+        return self._port("receivers.otlp.grpc.endpoint")
+
+    @property
+    def http_port(self) -> int:
+        """The bound OTLP/HTTP port (after start)."""
+        return self._port("receivers.otlp.http.endpoint")
+
+    def _port(self, key: str) -> int:
+        for name, receiver in self.receivers:
+            if name == key:
+                return receiver.port
+        raise LookupError(f"{key} is not configured")
 
     async def start(self) -> None:
         """Bind every endpoint and start the rollup's clock; StartupError names a busy one."""
-        config = self.config
         try:
-            _bind("exporters.prometheus.endpoint", config.prometheus.endpoint, self.metrics_server.start)
-            try:
-                await self.receiver.start()
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on {config.grpc.endpoint} (receivers.otlp.grpc.endpoint): {exc}"
-                ) from exc
-            _bind("extensions.health_check.endpoint", config.health.endpoint, self.health_server.start)
+            await self._bind(
+                "exporters.prometheus.endpoint",
+                self.config.prometheus.endpoint,
+                _sync(self.metrics_server.start),
+                _sync(self.metrics_server.shutdown),
+            )
+            for key, receiver in self.receivers:
+                await self._bind(
+                    key, _endpoint(self.config, key), receiver.start, _grace_zero(receiver)
+                )
+            await self._bind(
+                "extensions.health_check.endpoint",
+                self.config.health.endpoint,
+                _sync(self.health_server.start),
+                _sync(self.health_server.shutdown),
+            )
         except StartupError:
-            await self.receiver.stop(0)
-            self.metrics_server.shutdown()
+            await self._unwind()
             raise
         self._update_price_table()
         self._running = True
         self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def _bind(
+        self,
+        key: str,
+        endpoint: str,
+        start: Callable[[], Awaitable[None]],
+        stop: Callable[[], Awaitable[None]],
+    ) -> None:
+        try:
+            await start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {endpoint} ({key}): {exc}") from exc
+        self._stops.append(stop)
+
+    async def _unwind(self) -> None:
+        while self._stops:
+            await self._stops.pop()()
 
     async def _tick_forever(self) -> None:
         interval = self.config.rollup.tick_interval
@@ -105,20 +153,39 @@ class Service:
     async def stop(self) -> None:
         """Stop intake, then close everything open so no accepted span goes unreported."""
         self._running = False
-        await self.receiver.stop()
+        for _, receiver in self.receivers:
+            await receiver.stop(5.0)
         if self._ticker is not None:
             self._ticker.cancel()
         self.rollup.flush()
         self.health_server.shutdown()
         self.metrics_server.shutdown()
+        self._stops.clear()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
 
-def _bind(key: str, endpoint: str, start: Callable[[], None]) -> None:
-    try:
-        start()
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {endpoint} ({key}): {exc.strerror or exc}") from exc
+def _endpoint(config: Config, key: str) -> str:
+    section = {
+        "receivers.otlp.grpc.endpoint": config.grpc,
+        "receivers.otlp.http.endpoint": config.http,
+    }
+    found = section[key]
+    assert found is not None
+    return found.endpoint
+
+
+def _sync(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        call()
+
+    return run
+
+
+def _grace_zero(receiver: Receiver) -> Callable[[], Awaitable[None]]:
+    async def stop() -> None:
+        await receiver.stop(0)
+
+    return stop

@@ -381,3 +381,31 @@ def _copy(s):  # type: ignore[no-untyped-def]
         egress_bytes=s.egress_bytes,
         egress_class=s.egress_class,
     )
+
+
+def test_idle_traces_make_room_before_open_ones_are_evicted() -> None:
+    kit = Kit(max_inflight_traces=2)
+    kit.add(span(TRACE_A, 1, None, 0, 10, job="a"))
+    kit.wait(2.5)  # a closed: its trace is idle, kept for late spans
+    kit.add(span(TRACE_B, 1, None, 0, 10, job="b"), span(TRACE_C, 1, None, 0, 10, job="c"))
+    assert kit.sink.evicted == {}
+    assert TRACE_A.to_bytes(16, "big") not in kit.rollup.traces
+    kit.wait(2.5)
+    assert sorted(j.job_id for j in kit.sink.jobs) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("caps", "spans", "reason"),
+    [
+        ({"max_inflight_spans": 10}, 8, None),
+        ({"max_inflight_spans": 10}, 9, "max_inflight_spans"),
+        ({"max_inflight_traces": 10}, 9, "max_inflight_traces"),
+    ],
+    ids=["below", "spans", "traces"],
+)
+def test_pressure_above_watermark(caps: dict[str, int], spans: int, reason: str | None) -> None:
+    kit = Kit(backpressure_watermark=0.9, **caps)
+    kit.add(*[span(0x100 + i, 1, None, 0, 10, job=f"j{i}") for i in range(spans)])
+    assert kit.rollup.pressure() == reason
+    kit.wait(2.5)  # closed traces are idle: they no longer press
+    assert kit.rollup.pressure() is None

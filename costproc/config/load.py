@@ -21,10 +21,15 @@ import yaml
 
 from costproc.config.model import (
     Allocation,
+    BudgetsConfig,
     Config,
+    CostRecordsConfig,
     EgressRule,
+    ForwardConfig,
     GrpcReceiverConfig,
     HealthConfig,
+    HttpReceiverConfig,
+    JobCostBudget,
     Match,
     MeteredRule,
     Override,
@@ -32,7 +37,11 @@ from costproc.config.model import (
     PricingConfig,
     PrometheusConfig,
     ResourcePrices,
+    RetryConfig,
     RollupConfig,
+    SpendBudget,
+    TLSClientConfig,
+    TLSServerConfig,
     UsageConfig,
 )
 from costproc.errors import ConfigError
@@ -285,18 +294,39 @@ class _Reader:
 
     def config(self, doc: Any) -> Config:
         root = self.section(
-            doc, "", {"receivers", "rollup", "usage", "pricing", "exporters", "extensions"}
+            doc,
+            "",
+            {"receivers", "rollup", "usage", "pricing", "exporters", "extensions", "budgets"},
         )
         receivers = self.section(root.get("receivers"), "receivers", {"otlp"})
-        otlp = self.section(receivers.get("otlp"), "receivers.otlp", {"grpc"})
-        exporters = self.section(root.get("exporters"), "exporters", {"prometheus"})
+        # As in the Collector, a protocol runs when it is listed (an empty entry takes the
+        # defaults); a config that does not mention receivers at all runs both.
+        otlp_node = receivers.get("otlp") if "receivers" in root else {"grpc": {}, "http": {}}
+        otlp = self.section(otlp_node, "receivers.otlp", {"grpc", "http"})
+        if "receivers" in root and not otlp:
+            self.bad("receivers.otlp", "must list at least one protocol: grpc and/or http")
+        exporters = self.section(
+            root.get("exporters"), "exporters", {"prometheus", "forward", "cost_records"}
+        )
         extensions = self.section(root.get("extensions"), "extensions", {"health_check"})
         return Config(
-            grpc=self.grpc(otlp.get("grpc"), "receivers.otlp.grpc"),
+            grpc=self.grpc(otlp["grpc"], "receivers.otlp.grpc") if "grpc" in otlp else None,
+            http=self.http(otlp["http"], "receivers.otlp.http") if "http" in otlp else None,
             rollup=self.rollup(root.get("rollup"), "rollup"),
             usage=self.usage(root.get("usage"), "usage"),
             pricing=self.pricing(root.get("pricing"), "pricing"),
             prometheus=self.prometheus(exporters.get("prometheus"), "exporters.prometheus"),
+            forward=(
+                self.forward(exporters["forward"], "exporters.forward")
+                if exporters.get("forward") is not None
+                else None
+            ),
+            cost_records=(
+                self.cost_records(exporters["cost_records"], "exporters.cost_records")
+                if "cost_records" in exporters
+                else None
+            ),
+            budgets=self.budgets(root.get("budgets"), "budgets"),
             health=HealthConfig(
                 endpoint=self.get(
                     self.section(
@@ -312,13 +342,72 @@ class _Reader:
 
     def grpc(self, node: Any, path: str) -> GrpcReceiverConfig:
         d = GrpcReceiverConfig()
-        sec = self.section(node, path, {"endpoint", "max_recv_msg_size_mib"})
+        sec = self.section(node, path, {"endpoint", "max_recv_msg_size_mib", "tls", "auth"})
         return GrpcReceiverConfig(
             endpoint=self.get(sec, path, "endpoint", self.endpoint, d.endpoint),
             max_recv_msg_size_mib=self.get(
                 sec, path, "max_recv_msg_size_mib", self.number(above=0), d.max_recv_msg_size_mib
             ),
+            tls=self.tls_server(sec.get("tls"), _join(path, "tls")),
+            bearer_token=self.auth(sec.get("auth"), _join(path, "auth")),
         )
+
+    def http(self, node: Any, path: str) -> HttpReceiverConfig:
+        d = HttpReceiverConfig()
+        sec = self.section(node, path, {"endpoint", "max_request_body_size_mib", "tls", "auth"})
+        return HttpReceiverConfig(
+            endpoint=self.get(sec, path, "endpoint", self.endpoint, d.endpoint),
+            max_request_body_size_mib=self.get(
+                sec,
+                path,
+                "max_request_body_size_mib",
+                self.number(above=0),
+                d.max_request_body_size_mib,
+            ),
+            tls=self.tls_server(sec.get("tls"), _join(path, "tls")),
+            bearer_token=self.auth(sec.get("auth"), _join(path, "auth")),
+        )
+
+    def readable_file(self, value: Any, path: str) -> str:
+        """A path to a file that exists and can be read now, at start-up."""
+        name = self.text(value, path)
+        if name and not os.access(name, os.R_OK):
+            self.bad(path, f"cannot read file {name!r}")
+        return name
+
+    def tls_server(self, node: Any, path: str) -> TLSServerConfig | None:
+        if node is None:
+            return None
+        sec = self.section(node, path, {"cert_file", "key_file", "client_ca_file"})
+        for key in ("cert_file", "key_file"):
+            if key not in sec:
+                self.bad(_join(path, key), "is required for TLS")
+        return TLSServerConfig(
+            cert_file=self.get(sec, path, "cert_file", self.readable_file, ""),
+            key_file=self.get(sec, path, "key_file", self.readable_file, ""),
+            client_ca_file=self.get(sec, path, "client_ca_file", self.readable_file, None),
+        )
+
+    def tls_client(self, node: Any, path: str) -> TLSClientConfig:
+        sec = self.section(node, path, {"insecure", "ca_file", "cert_file", "key_file"})
+        cfg = TLSClientConfig(
+            insecure=self.get(sec, path, "insecure", self.flag, False),
+            ca_file=self.get(sec, path, "ca_file", self.readable_file, None),
+            cert_file=self.get(sec, path, "cert_file", self.readable_file, None),
+            key_file=self.get(sec, path, "key_file", self.readable_file, None),
+        )
+        if (cfg.cert_file is None) != (cfg.key_file is None):
+            self.bad(path, "cert_file and key_file go together")
+        return cfg
+
+    def auth(self, node: Any, path: str) -> str | None:
+        if node is None:
+            return None
+        sec = self.section(node, path, {"bearer_token"})
+        token = self.get(sec, path, "bearer_token", self.text, None)
+        if token is None:
+            self.bad(_join(path, "bearer_token"), "is required when auth is set")
+        return token
 
     def rollup(self, node: Any, path: str) -> RollupConfig:
         d = RollupConfig()
@@ -358,6 +447,8 @@ class _Reader:
         )
         if cfg.max_wait < cfg.completion_wait:
             self.bad(_join(path, "max_wait"), "must be >= completion_wait")
+        if not 0 < cfg.backpressure_watermark <= 1:
+            self.bad(_join(path, "backpressure_watermark"), "must be in (0, 1]")
         if cfg.tick_interval <= 0:
             self.bad(_join(path, "tick_interval"), "must be > 0")
         return cfg
@@ -563,7 +654,7 @@ class _Reader:
 
     def prometheus(self, node: Any, path: str) -> PrometheusConfig:
         d = PrometheusConfig()
-        known = {"endpoint", "max_label_values", "buckets"}
+        known = {"endpoint", "max_label_values", "buckets", "tls"}
         sec = self.section(node, path, known)
         bpath = _join(path, "buckets")
         buckets = self.section(
@@ -578,6 +669,165 @@ class _Reader:
             duration_buckets=self.get(buckets, bpath, "duration", self.buckets, d.duration_buckets),
             usage_buckets=self.get(buckets, bpath, "usage", self.buckets, d.usage_buckets),
             egress_buckets=self.get(buckets, bpath, "egress_bytes", self.buckets, d.egress_buckets),
+            tls=self.tls_server(sec.get("tls"), _join(path, "tls")),
+        )
+
+    def forward(self, node: Any, path: str) -> ForwardConfig:
+        known = {
+            "endpoint",
+            "protocol",
+            "tls",
+            "headers",
+            "compression",
+            "timeout",
+            "queue_size",
+            "retry_on_failure",
+            "cost_spans",
+        }
+        sec = self.section(node, path, known)
+        protocol = self.get(sec, path, "protocol", self.text, "grpc")
+        if protocol not in ("grpc", "http"):
+            self.bad(_join(path, "protocol"), f"must be grpc or http, got {protocol!r}")
+        endpoint = self.text(sec.get("endpoint"), _join(path, "endpoint"))
+        if protocol == "http" and endpoint and not endpoint.startswith(("http://", "https://")):
+            self.bad(
+                _join(path, "endpoint"), f"must be an http:// or https:// URL, got {endpoint!r}"
+            )
+        if protocol == "grpc" and endpoint and not _ENDPOINT.match(endpoint):
+            self.bad(_join(path, "endpoint"), f"must be host:port for grpc, got {endpoint!r}")
+        compression = self.get(sec, path, "compression", self.text, "gzip")
+        if compression not in ("gzip", "none"):
+            self.bad(_join(path, "compression"), f"must be gzip or none, got {compression!r}")
+        headers_node = sec.get("headers") or {}
+        if not isinstance(headers_node, Mapping):
+            self.bad(_join(path, "headers"), "must be a mapping of header name to value")
+            headers_node = {}
+        d = ForwardConfig(endpoint="")
+        rpath = _join(path, "retry_on_failure")
+        retry = self.section(
+            sec.get("retry_on_failure"),
+            rpath,
+            {"initial_interval", "max_interval", "max_elapsed_time"},
+        )
+        return ForwardConfig(
+            endpoint=endpoint,
+            protocol=protocol,
+            tls=self.tls_client(sec.get("tls"), _join(path, "tls")),
+            headers=tuple(
+                (str(k).lower(), self.text(v, _join(_join(path, "headers"), str(k))))
+                for k, v in headers_node.items()
+            ),
+            compression=compression,
+            timeout=self.get(sec, path, "timeout", self.duration, d.timeout),
+            queue_size=self.get(sec, path, "queue_size", self.integer(1), d.queue_size),
+            retry=RetryConfig(
+                initial_interval=self.get(
+                    retry, rpath, "initial_interval", self.duration, d.retry.initial_interval
+                ),
+                max_interval=self.get(
+                    retry, rpath, "max_interval", self.duration, d.retry.max_interval
+                ),
+                max_elapsed_time=self.get(
+                    retry, rpath, "max_elapsed_time", self.duration, d.retry.max_elapsed_time
+                ),
+            ),
+            cost_spans=self.get(sec, path, "cost_spans", self.flag, d.cost_spans),
+        )
+
+    def cost_records(self, node: Any, path: str) -> CostRecordsConfig:
+        d = CostRecordsConfig()
+        sec = self.section(node, path, {"path", "max_size_mib", "max_backups"})
+        target = self.get(sec, path, "path", self.text, d.path)
+        if target != "stdout" and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            self.bad(_join(path, "path"), f"directory of {target!r} does not exist")
+        return CostRecordsConfig(
+            path=target,
+            max_size_mib=self.get(sec, path, "max_size_mib", self.number(above=0), d.max_size_mib),
+            max_backups=self.get(sec, path, "max_backups", self.integer(0), d.max_backups),
+        )
+
+    def budgets(self, node: Any, path: str) -> BudgetsConfig:
+        d = BudgetsConfig()
+        known = {
+            "spend",
+            "cost_per_successful_job",
+            "retry_ratio_threshold",
+            "failed_spend_share_threshold",
+            "runbook_url",
+        }
+        sec = self.section(node, path, known)
+        spend = [
+            self.spend_budget(item, _join(_join(path, "spend"), i))
+            for i, item in enumerate(self.items(sec.get("spend"), _join(path, "spend")))
+        ]
+        names = [b.name for b in spend]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                self.bad(_join(_join(path, "spend"), i), f"budget name {name!r} is used twice")
+        per_job = [
+            self.job_cost_budget(item, _join(_join(path, "cost_per_successful_job"), i))
+            for i, item in enumerate(
+                self.items(
+                    sec.get("cost_per_successful_job"), _join(path, "cost_per_successful_job")
+                )
+            )
+        ]
+        return BudgetsConfig(
+            spend=tuple(spend),
+            cost_per_successful_job=tuple(per_job),
+            retry_ratio_threshold=self.get(
+                sec, path, "retry_ratio_threshold", self.number(above=0), d.retry_ratio_threshold
+            ),
+            failed_spend_share_threshold=self.get(
+                sec,
+                path,
+                "failed_spend_share_threshold",
+                self.number(above=0),
+                d.failed_spend_share_threshold,
+            ),
+            runbook_url=self.get(sec, path, "runbook_url", self.text, d.runbook_url),
+        )
+
+    def items(self, node: Any, path: str) -> list[Any]:
+        if node is None:
+            return []
+        if not isinstance(node, list):
+            self.bad(path, "must be a list")
+            return []
+        return node
+
+    def spend_budget(self, node: Any, path: str) -> SpendBudget:
+        sec = self.section(node, path, {"name", "amount", "period", "tenant", "job_type"})
+        tenant = self.get(sec, path, "tenant", self.text, None)
+        job_type = self.get(sec, path, "job_type", self.text, None)
+        default_name = "-".join(p for p in ("spend", tenant, job_type) if p)
+        period = self.get(sec, path, "period", self.duration, 30 * 86400.0)
+        if period <= 0:
+            self.bad(_join(path, "period"), "must be > 0")
+        if "amount" not in sec:
+            self.bad(_join(path, "amount"), "is required")
+        return SpendBudget(
+            name=self.get(sec, path, "name", self.text, default_name),
+            amount=self.get(sec, path, "amount", self.number(above=0), 1.0),
+            period=period,
+            tenant=tenant,
+            job_type=job_type,
+        )
+
+    def job_cost_budget(self, node: Any, path: str) -> JobCostBudget:
+        known = {"job_type", "amount", "page_factor", "min_jobs_per_second"}
+        sec = self.section(node, path, known)
+        for key in ("job_type", "amount"):
+            if key not in sec:
+                self.bad(_join(path, key), "is required")
+        d = JobCostBudget(job_type="", amount=1.0)
+        return JobCostBudget(
+            job_type=self.get(sec, path, "job_type", self.text, ""),
+            amount=self.get(sec, path, "amount", self.number(above=0), 1.0),
+            page_factor=self.get(sec, path, "page_factor", self.number(above=1), d.page_factor),
+            min_jobs_per_second=self.get(
+                sec, path, "min_jobs_per_second", self.number(above=0), d.min_jobs_per_second
+            ),
         )
 
 

@@ -83,9 +83,38 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSServerConfig:
+    """A server's certificate; with `client_ca_file`, clients must present one (mTLS)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TLSClientConfig:
+    """How a client checks its server (`ca_file`), and its own certificate for mTLS."""
+
+    insecure: bool = False  # plaintext; else TLS verified against ca_file or system roots
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GrpcReceiverConfig:
     endpoint: str = "0.0.0.0:4317"
     max_recv_msg_size_mib: float = 16.0
+    tls: TLSServerConfig | None = None
+    bearer_token: str | None = None  # clients must send `authorization: Bearer <token>`
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReceiverConfig:
+    endpoint: str = "0.0.0.0:4318"
+    max_request_body_size_mib: float = 16.0
+    tls: TLSServerConfig | None = None
+    bearer_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +130,9 @@ class RollupConfig:
     late_span_window: float = 300.0
     max_inflight_traces: int = 100_000
     max_inflight_spans: int = 2_000_000
+    # Requests are refused with a retryable status while open state is above this
+    # fraction of either cap, so the caps are a last resort rather than the rule.
+    backpressure_watermark: float = 0.9
     local_roots: bool = False
     tick_interval: float = 0.25
 
@@ -190,6 +222,39 @@ class PrometheusConfig:
     usage_buckets: tuple[float, ...] = DEFAULT_USAGE_BUCKETS
     egress_buckets: tuple[float, ...] = DEFAULT_EGRESS_BUCKETS
 
+    tls: TLSServerConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    initial_interval: float = 1.0
+    max_interval: float = 30.0
+    max_elapsed_time: float = 300.0  # then the batch is dropped and counted
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """Pass every received request on, unchanged, plus one cost span per finished job."""
+
+    endpoint: str  # host:port for grpc; http(s)://host:port for http (/v1/traces appended)
+    protocol: str = "grpc"  # grpc | http
+    tls: TLSClientConfig = TLSClientConfig()
+    headers: tuple[tuple[str, str], ...] = ()
+    compression: str = "gzip"  # gzip | none
+    timeout: float = 10.0
+    queue_size: int = 1000  # requests; refused upstream (backpressure) when full
+    retry: RetryConfig = RetryConfig()
+    cost_spans: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CostRecordsConfig:
+    """Every finished job as one JSON line, to stdout or a size-rotated file."""
+
+    path: str = "stdout"
+    max_size_mib: float = 100.0
+    max_backups: int = 5
+
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
@@ -197,10 +262,45 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SpendBudget:
+    """Spend allowed per period, for everything or one tenant and/or job type."""
+
+    name: str
+    amount: float  # in pricing.currency
+    period: float  # seconds
+    tenant: str | None = None
+    job_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobCostBudget:
+    """Expected cost per successful job of one job type; a page at `page_factor` x."""
+
+    job_type: str
+    amount: float
+    page_factor: float = 3.0
+    min_jobs_per_second: float = 0.01  # below this, too few jobs to judge
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetsConfig:
+    spend: tuple[SpendBudget, ...] = ()
+    cost_per_successful_job: tuple[JobCostBudget, ...] = ()
+    retry_ratio_threshold: float = 0.2  # ticket when attempts / jobs - 1 exceeds this
+    failed_spend_share_threshold: float = 0.1  # ticket when failed-attempt spend share exceeds
+    runbook_url: str = "https://github.com/costproc/costproc/blob/main/docs/runbook.md"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    grpc: GrpcReceiverConfig = GrpcReceiverConfig()
+    # A receiver protocol runs when configured; with no `receivers` key, both do.
+    grpc: GrpcReceiverConfig | None = GrpcReceiverConfig()
+    http: HttpReceiverConfig | None = HttpReceiverConfig()
     rollup: RollupConfig = RollupConfig()
     usage: UsageConfig = UsageConfig()
     pricing: PricingConfig = PricingConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
+    forward: ForwardConfig | None = None
+    cost_records: CostRecordsConfig | None = None
     health: HealthConfig = HealthConfig()
+    budgets: BudgetsConfig = BudgetsConfig()

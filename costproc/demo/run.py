@@ -93,8 +93,9 @@ class _Demo:
         if not await self._start():
             return 1
         stop = asyncio.Event()
+        assert self.config.grpc is not None, "run_demo checks for the gRPC receiver"
         host, _ = parse_endpoint(self.config.grpc.endpoint)
-        exporter = _Exporter(_client_target(host, self.service.receiver.port))
+        exporter = _Exporter(_client_target(host, self.service.grpc_port))
         driver = asyncio.create_task(self._drive(exporter, stop))
         try:
             with _stop_on_signals(stop):
@@ -238,10 +239,16 @@ def run_demo(
     table to `out` (default: stdout) and returns 0; returns 1 when an endpoint cannot be
     bound.
     """
+    stream = out if out is not None else sys.stdout
+    if config.grpc is None:
+        print(
+            "costproc demo: the workload goes over OTLP/gRPC: configure receivers.otlp.grpc",
+            file=stream,
+        )
+        return 1
     demo = demo_config(config)
     raised_from = config.rollup.retry_window if demo is not config else None
-    # Looked up per call, so a replaced sys.stdout (tests, redirections) is honoured.
-    stream = out if out is not None else sys.stdout
+    # `stream` is looked up per call, so a replaced sys.stdout (tests) is honoured.
 
     async def main() -> int:
         return await _Demo(demo, raised_from, rate, seed, stream).run(duration, refresh)

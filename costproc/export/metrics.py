@@ -182,6 +182,12 @@ class _Families:
             ("reason",),
             registry=reg,
         )
+        self.refused = Counter(
+            "costproc_requests_refused_total",
+            "Requests refused with a retryable status while state or the forward queue was full.",
+            ("reason",),
+            registry=reg,
+        )
         self.late = Counter(
             "costproc_spans_late_total", "Spans arrived after their attempt closed.", registry=reg
         )
@@ -233,6 +239,7 @@ class CostMetrics:
         self._job_series: dict[tuple[Labels, str], _JobSeries] = {}
         self._rejected: dict[str, Counter] = {}
         self._dropped: dict[str, Counter] = {}
+        self._refused: dict[str, Counter] = {}
         self._evicted: dict[str, Counter] = {}
         self._table: tuple[str, str] | None = None
 
@@ -293,6 +300,10 @@ class CostMetrics:
         """Count accepted spans that were deliberately not rolled up, by reason."""
         if count > 0:
             _bound(self._dropped, self._f.dropped, reason).inc(count)
+
+    def requests_refused(self, reason: str) -> None:
+        """Count a request refused with a retryable status, by reason."""
+        _bound(self._refused, self._f.refused, reason).inc()
 
     def price_table_in_force(self, version: str, currency: str) -> None:
         """Mark `version` as the price table in force, and only it."""

@@ -10,40 +10,32 @@ an ExportTraceServiceRequest gets INVALID_ARGUMENT, a request with bad spans get
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from costproc.config.model import GrpcReceiverConfig
 from costproc.errors import DecodeError
-from costproc.model import IntakeSink, SpanRecord
-from costproc.receive.decode import Decoder
+from costproc.receive.intake import RETRY_AFTER_SECONDS, Intake
 
 log = logging.getLogger(__name__)
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+MIB = 1024 * 1024
 _EMPTY_RESPONSE = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
 
 
 class GrpcReceiver:
-    """Serves TraceService/Export and hands decoded spans to `deliver`."""
+    """Serves TraceService/Export and hands request bodies to an `Intake`."""
 
-    def __init__(
-        self,
-        endpoint: str,
-        max_message_bytes: int,
-        decoder: Decoder,
-        intake: IntakeSink,
-        deliver: Callable[[list[SpanRecord]], None],
-    ):
-        self.endpoint = endpoint
-        self.decoder = decoder
+    def __init__(self, config: GrpcReceiverConfig, intake: Intake):
+        self.config = config
         self.intake = intake
-        self.deliver = deliver
         self.port = 0
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", int(config.max_recv_msg_size_mib * MIB)),
                 ("grpc.so_reuseport", 0),
             ]
         )
@@ -59,14 +51,15 @@ class GrpcReceiver:
 
     async def start(self) -> None:
         """Bind and start serving; `port` holds the bound port afterwards."""
+        endpoint = self.config.endpoint
         try:
-            self.port = self._server.add_insecure_port(self.endpoint)
+            self.port = self._server.add_insecure_port(endpoint)
         except RuntimeError as exc:  # grpcio reports a taken or bad address this way
             raise OSError(str(exc)) from exc
         if self.port == 0:
-            raise OSError(f"cannot listen for OTLP/gRPC on {self.endpoint}")
+            raise OSError(f"cannot listen for OTLP/gRPC on {endpoint}")
         await self._server.start()
-        log.info("OTLP/gRPC receiver listening on %s (port %d)", self.endpoint, self.port)
+        log.info("OTLP/gRPC receiver listening on %s (port %d)", endpoint, self.port)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls; calls in progress get `grace` seconds to finish."""
@@ -74,20 +67,36 @@ class GrpcReceiver:
 
     async def export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """TraceService/Export on raw bytes."""
+        refusal = self.intake.refusal()
+        if refusal is not None:
+            _refuse(context, refusal)
+            return b""
         try:
-            decoded = self.decoder.decode(body)
+            decoded = self.intake.take(body)
         except DecodeError as exc:
             context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             context.set_details(str(exc))
             return b""
-        self.intake.spans_received(decoded.received)
-        for reason, count in decoded.rejected.items():
-            self.intake.spans_rejected(reason, count)
-        if decoded.spans:
-            self.deliver(decoded.spans)
         if not decoded.rejected:
             return _EMPTY_RESPONSE
         response = trace_service_pb2.ExportTraceServiceResponse()
         response.partial_success.rejected_spans = sum(decoded.rejected.values())
         response.partial_success.error_message = decoded.rejection_message()
         return response.SerializeToString()
+
+
+def _refuse(context: grpc.aio.ServicerContext, reason: str) -> None:
+    """UNAVAILABLE with RetryInfo, which OTLP exporters honour as "retry after"."""
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromSeconds(RETRY_AFTER_SECONDS)
+    message = f"costproc is at capacity ({reason}); retry later"
+    status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message)
+    status.details.add().Pack(retry)
+    context.set_trailing_metadata(
+        (
+            ("grpc-status-details-bin", status.SerializeToString()),
+            ("google.rpc.retryinfo-bin", retry.SerializeToString()),
+        )
+    )
+    context.set_code(grpc.StatusCode.UNAVAILABLE)
+    context.set_details(message)

@@ -60,6 +60,7 @@ class Rollup:
         self._idle: OrderedDict[bytes, float] = OrderedDict()  # compacted traces, by idle time
         self._waiting: deque[tuple[float, TraceState, SpanRecord]] = deque()
         self._waiting_count = 0
+        self._idle_spans = 0  # span ids held by idle traces, which can go at no loss
         self.dropped_untagged = 0
 
     # -- intake ----------------------------------------------------------------
@@ -83,7 +84,8 @@ class Rollup:
         trace.size += 1
         self.span_count += 1
         self.traces.move_to_end(span.trace_id)
-        self._idle.pop(span.trace_id, None)
+        if self._idle.pop(span.trace_id, None) is not None:
+            self._idle_spans -= trace.size - 1
         job = self._resolve(trace, span)
         if job is None:
             trace.waiting.setdefault(span.parent_id, []).append(span)
@@ -99,7 +101,7 @@ class Rollup:
         trace = self.traces.get(trace_id)
         if trace is None:
             while len(self.traces) >= self.config.max_inflight_traces:
-                self._evict_trace("max_inflight_traces")
+                self._make_room("max_inflight_traces")
             trace = TraceState(trace_id)
             self.traces[trace_id] = trace
         return trace
@@ -249,9 +251,13 @@ class Rollup:
             attempt.labels,
             attempt.forced_outcome or _outcome(roots),
             cost,
+            root_span_id=root.span_id,
+            table_version=root.table,
+            start_ns=min(s.start for s in attempt.spans),
+            end_ns=max(s.end for s in attempt.spans),
         )
         self.sink.attempt_closed(result)
-        job.fold(result, attempt.spans)
+        job.fold(result)
         if not job.open:
             if job.success is not None or self.config.retry_window <= 0 or job.evicted:
                 self._close_job(job)
@@ -264,6 +270,8 @@ class Rollup:
     def _set_idle(self, trace: TraceState, now: float) -> None:
         """Nothing is open in `trace`: keep only span -> job, for `late_span_window`."""
         trace.compact()
+        if trace.trace_id not in self._idle:
+            self._idle_spans += trace.size
         self._idle[trace.trace_id] = now
         self._idle.move_to_end(trace.trace_id)
 
@@ -281,7 +289,6 @@ class Rollup:
             outcome = INCOMPLETE
         deciding = job.success or job.last
         assert deciding is not None, "a job is created with its first attempt"
-        duration = ((job.last_end or 0) - (job.first_start or 0)) / 1e9
         self.sink.job_closed(
             JobResult(
                 job.job_id,
@@ -289,8 +296,13 @@ class Rollup:
                 outcome,
                 job.attempts,
                 job.cost,
-                duration,
+                (job.end_ns - job.start_ns) / 1e9,
                 deciding.trace_id,
+                root_span_id=deciding.root_span_id,
+                table_version=deciding.table_version,
+                trace_ids=tuple(job.trace_ids),
+                start_ns=job.start_ns,
+                end_ns=job.end_ns,
             )
         )
 
@@ -298,7 +310,26 @@ class Rollup:
 
     def _enforce_span_bound(self) -> None:
         while self.span_count > self.config.max_inflight_spans and len(self.traces) > 1:
-            self._evict_trace("max_inflight_spans")
+            self._make_room("max_inflight_spans")
+
+    def _make_room(self, reason: str) -> None:
+        """Forget the oldest idle trace (nothing open: no loss), else evict an open one."""
+        if self._idle:
+            self._drop_trace(self.traces[next(iter(self._idle))])
+        else:
+            self._evict_trace(reason)
+
+    def pressure(self) -> str | None:
+        """The cap that open state is above the backpressure watermark of, if any."""
+        cfg = self.config
+        mark = cfg.backpressure_watermark
+        if self.span_count - self._idle_spans >= mark * cfg.max_inflight_spans:
+            return "max_inflight_spans"
+        if len(self.traces) - len(self._idle) >= mark * cfg.max_inflight_traces:
+            return "max_inflight_traces"
+        if len(self.jobs) >= mark * cfg.max_inflight_traces:
+            return "max_inflight_jobs"
+        return None
 
     def _evict_trace(self, reason: str) -> None:
         """Close the least recently active trace early; its open jobs end as evicted."""
@@ -331,7 +362,8 @@ class Rollup:
         if self.traces.get(trace.trace_id) is trace:
             del self.traces[trace.trace_id]
             self.span_count -= trace.size
-        self._idle.pop(trace.trace_id, None)
+        if self._idle.pop(trace.trace_id, None) is not None:
+            self._idle_spans -= trace.size
 
 
 def _roots(attempt: AttemptState, trace: TraceState) -> list[SpanRecord]:

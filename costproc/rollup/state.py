@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from costproc.model import FAILURE, SUCCESS, AttemptResult, Cost, Labels, SpanRecord
+from costproc.model import (
+    FAILURE,
+    MAX_TRACE_IDS,
+    SUCCESS,
+    AttemptResult,
+    Cost,
+    Labels,
+    SpanRecord,
+)
 from costproc.price.pricer import Covered
 
 
@@ -89,15 +97,16 @@ class JobState:
     __slots__ = (
         "attempts",
         "cost",
+        "end_ns",
         "evicted",
         "failed",
-        "first_start",
         "job_id",
         "last",
         "last_closed",
-        "last_end",
         "open",
+        "start_ns",
         "success",
+        "trace_ids",
     )
 
     def __init__(self, job_id: str):
@@ -109,19 +118,20 @@ class JobState:
         self.failed = False
         self.success: AttemptResult | None = None
         self.last: AttemptResult | None = None
-        self.first_start: int | None = None
-        self.last_end: int | None = None
+        self.trace_ids: list[bytes] = []
+        self.start_ns = 0
+        self.end_ns = 0
         self.last_closed = 0.0
 
-    def fold(self, result: AttemptResult, spans: list[SpanRecord]) -> None:
+    def fold(self, result: AttemptResult) -> None:
         """Add a closed attempt: its cost, outcome and time span."""
+        self.start_ns = min(self.start_ns, result.start_ns) if self.attempts else result.start_ns
+        self.end_ns = max(self.end_ns, result.end_ns)
         self.attempts += 1
         self.cost.add(result.cost)
         self.last = result
         if result.outcome == SUCCESS and self.success is None:
             self.success = result
         self.failed = self.failed or result.outcome == FAILURE
-        start = min(s.start for s in spans)
-        end = max(s.end for s in spans)
-        self.first_start = start if self.first_start is None else min(self.first_start, start)
-        self.last_end = end if self.last_end is None else max(self.last_end, end)
+        if len(self.trace_ids) < MAX_TRACE_IDS:
+            self.trace_ids.append(result.trace_id)
