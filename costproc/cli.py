@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from costproc.config import Config, default_config_path, load_config
 from costproc.errors import ConfigError, StartupError
+from costproc.runtime import tune_gc
 
 log = logging.getLogger("costproc")
 
@@ -101,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
         except StartupError as exc:
             print(f"costproc: {exc}", file=sys.stderr)
             raise SystemExit(1) from exc
+        tune_gc()
         for key, receiver in service.receivers:
             log.info("costproc serving %s on port %d", key, receiver.port)
         log.info(

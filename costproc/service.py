@@ -31,6 +31,7 @@ from costproc.rollup.rollup import Rollup
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+TICK_BUDGET = 200  # attempts closed per slice of the event loop (~10-40 ms of work)
 
 
 class Receiver(Protocol):
@@ -143,7 +144,8 @@ class Service:
         interval = self.config.rollup.tick_interval
         while True:
             await asyncio.sleep(interval)
-            self.rollup.tick()
+            while self.rollup.tick(budget=TICK_BUDGET):
+                await asyncio.sleep(0)  # let waiting requests in between slices
             self._update_price_table()
 
     def _update_price_table(self) -> None:

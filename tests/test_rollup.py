@@ -409,3 +409,14 @@ def test_pressure_above_watermark(caps: dict[str, int], spans: int, reason: str 
     assert kit.rollup.pressure() == reason
     kit.wait(2.5)  # closed traces are idle: they no longer press
     assert kit.rollup.pressure() is None
+
+
+def test_tick_budget_closes_in_slices() -> None:
+    kit = Kit()
+    kit.add(*[span(0x100 + i, 1, None, 0, 10, job=f"j{i}") for i in range(5)])
+    kit.clock.advance(3.0)
+    assert kit.rollup.tick(budget=2) is True
+    assert len(kit.sink.jobs) == 2
+    assert kit.rollup.tick(budget=2) is True
+    assert kit.rollup.tick(budget=2) is False
+    assert len(kit.sink.jobs) == 5

@@ -124,7 +124,12 @@ class Rollup:
 
     def _assign(self, trace: TraceState, span: SpanRecord, job: str, now: float) -> None:
         """Give `span` its job, then every child waiting on it, transitively."""
-        stack = [(span, job)]
+        span.job = job
+        self._attach(trace, span, now)
+        if not trace.waiting:  # the common case: parents came first
+            return
+        stack = [(child, child.job_id or job) for child in trace.waiting.pop(span.span_id, ())]
+        self._waiting_count -= len(stack)
         while stack:
             current, current_job = stack.pop()
             current.job = current_job
@@ -170,8 +175,13 @@ class Rollup:
 
     # -- time ------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Close whatever is due at the clock's current reading."""
+    def tick(self, budget: int | None = None) -> bool:
+        """Close whatever is due at the clock's current reading.
+
+        With a `budget`, close at most that many attempts and return True if more are
+        due, so the caller can let requests in between slices (a burst of closes would
+        otherwise stall the receivers for its whole length).
+        """
         now = self.clock.now()
         cfg = self.config
         while self._waiting and self._waiting[0][0] + cfg.max_wait <= now:
@@ -179,11 +189,16 @@ class Rollup:
             if span.job is None and self.traces.get(trace.trace_id) is trace:
                 self._orphan(trace, span, now)
         self._compact_waiting()
+        closed = 0
         while self._quiet:
             attempt = next(iter(self._quiet))
             if attempt.last_arrival + cfg.completion_wait > now:
                 break
+            if budget is not None and closed >= budget:
+                self.sink.jobs_inflight(len(self.jobs))
+                return True
             self._close_attempt(attempt, now)
+            closed += 1
         while self._retrying:
             job = next(iter(self._retrying))
             if job.last_closed + cfg.retry_window > now:
@@ -195,6 +210,7 @@ class Rollup:
                 break
             self._drop_trace(self.traces[trace_id])
         self.sink.jobs_inflight(len(self.jobs))
+        return False
 
     def flush(self) -> None:
         """Close everything open now, as at shutdown: nothing accepted is left unreported."""
@@ -359,6 +375,9 @@ class Rollup:
         self.sink.jobs_evicted(reason, 1)
 
     def _drop_trace(self, trace: TraceState) -> None:
+        # Attempts point back at their trace: unlink them so plain reference counting
+        # frees the whole trace, and the cyclic collector has little to do.
+        trace.attempts = {}
         if self.traces.get(trace.trace_id) is trace:
             del self.traces[trace.trace_id]
             self.span_count -= trace.size
