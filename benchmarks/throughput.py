@@ -1,9 +1,11 @@
-"""Throughput of costproc over loopback gRPC, against a server that never parses.
+"""Throughput of costproc over loopback gRPC or HTTP, against a server that never parses.
 
 Builds realistic OTLP trace requests with the stock classes, serializes them up front,
-starts each server as a subprocess, drives it with concurrent raw-bytes unary calls and
-reports spans/s, per-call latency and the server's memory. Linux only (memory is read
-from /proc). See README.md in this directory.
+starts each server as a subprocess, drives it with concurrent raw-bytes unary calls (or,
+with `--protocol http`, POSTs of the same protobuf bodies to /v1/traces) and reports
+spans/s, per-call latency and the server's memory. `--protocol both` drives costproc
+over each protocol in one run. The canned ceiling speaks gRPC only. Linux only (memory
+is read from /proc). See README.md in this directory.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -39,6 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+TRACES_PATH = "/v1/traces"
+HTTP_HEADERS = {"Content-Type": "application/x-protobuf"}
 CALL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -435,6 +440,8 @@ receivers:
   otlp:
     grpc:
       endpoint: 127.0.0.1:{grpc}
+    http:
+      endpoint: 127.0.0.1:{http}
 exporters:
   prometheus:
     endpoint: 127.0.0.1:{metrics}
@@ -475,11 +482,16 @@ class Ports:
     grpc: int
     metrics: int
     health: int
+    http: int
 
     @classmethod
     def pick(cls) -> Ports:
-        """Three distinct free ports."""
-        return cls(*free_ports(3))
+        """Four distinct free ports."""
+        return cls(*free_ports(4))
+
+    def receiver(self, protocol: str) -> int:
+        """The port that takes traces over `protocol`."""
+        return self.http if protocol == "http" else self.grpc
 
 
 def costproc_argv(ports: Ports, workdir: Path) -> list[str]:
@@ -524,8 +536,45 @@ class Phase:
     seconds: float = 0.0
 
 
+class CallFailed(Exception):
+    """A call that did not succeed; its text is the error's name in the report."""
+
+
+Call = Callable[[bytes], Awaitable[None]]
+
+
+def grpc_call(channel: grpc.aio.Channel) -> Call:
+    """Export over gRPC, raw bytes in and out."""
+    export = channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
+
+    async def call(data: bytes) -> None:
+        try:
+            await export(data, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            raise CallFailed(error.code().name) from error
+
+    return call
+
+
+def http_call(session: aiohttp.ClientSession, url: str) -> Call:
+    """POST the same protobuf bytes to /v1/traces; anything but 200 is an error."""
+    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+
+    async def call(data: bytes) -> None:
+        try:
+            async with session.post(url, data=data, headers=HTTP_HEADERS, timeout=timeout) as r:
+                await r.read()
+                status = r.status
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise CallFailed(type(error).__name__) from error
+        if status != 200:
+            raise CallFailed(f"HTTP_{status}")
+
+    return call
+
+
 async def call_loop(
-    call: Any, workload: Workload, indices: Iterator[int], deadline: float, phase: Phase
+    call: Call, workload: Workload, indices: Iterator[int], deadline: float, phase: Phase
 ) -> None:
     """One in-flight call at a time until the indices or the time run out."""
     for index in indices:
@@ -534,16 +583,16 @@ async def call_loop(
         data = workload.request(index)
         started = time.perf_counter()
         try:
-            await call(data, timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            phase.errors[error.code().name] += 1
+            await call(data)
+        except CallFailed as error:
+            phase.errors[str(error)] += 1
             continue
         phase.latencies.append(time.perf_counter() - started)
         phase.calls += 1
 
 
 async def run_phase(
-    call: Any, workload: Workload, indices: Iterator[int], seconds: float, concurrency: int
+    call: Call, workload: Workload, indices: Iterator[int], seconds: float, concurrency: int
 ) -> Phase:
     """Drive `concurrency` call loops sharing one index sequence."""
     phase = Phase()
@@ -555,19 +604,31 @@ async def run_phase(
     return phase
 
 
-async def drive(port: int, workload: Workload, args: argparse.Namespace) -> tuple[Phase, Phase]:
-    """Warm up, then measure; returns (warmup, measured)."""
+async def drive(
+    port: int, protocol: str, workload: Workload, args: argparse.Namespace
+) -> tuple[Phase, Phase]:
+    """Warm up, then measure over `protocol`; returns (warmup, measured)."""
+    if protocol == "http":
+        # One pooled connection per call loop; trust_env off keeps proxies out of loopback.
+        connector = aiohttp.TCPConnector(limit=args.concurrency)
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            url = f"http://127.0.0.1:{port}{TRACES_PATH}"
+            return await run_phases(http_call(session, url), workload, args)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(
-            EXPORT_METHOD, request_serializer=None, response_deserializer=None
-        )
-        indices = itertools.count()
-        warmup = await run_phase(call, workload, indices, args.warmup, args.concurrency)
-        if args.requests is not None:
-            bounded = itertools.islice(indices, args.requests)
-            measured = await run_phase(call, workload, bounded, MAX_RUN_S, args.concurrency)
-        else:
-            measured = await run_phase(call, workload, indices, args.seconds, args.concurrency)
+        return await run_phases(grpc_call(channel), workload, args)
+
+
+async def run_phases(
+    call: Call, workload: Workload, args: argparse.Namespace
+) -> tuple[Phase, Phase]:
+    """The warm-up phase, then the measured one, sharing one index sequence."""
+    indices = itertools.count()
+    warmup = await run_phase(call, workload, indices, args.warmup, args.concurrency)
+    if args.requests is not None:
+        bounded = itertools.islice(indices, args.requests)
+        measured = await run_phase(call, workload, bounded, MAX_RUN_S, args.concurrency)
+    else:
+        measured = await run_phase(call, workload, indices, args.seconds, args.concurrency)
     return warmup, measured
 
 
@@ -587,6 +648,7 @@ class Result:
     """One target's figures."""
 
     target: str
+    protocol: str
     calls: int
     errors: dict[str, int]
     seconds: float
@@ -601,13 +663,19 @@ class Result:
 
 
 def result(
-    target: str, warmup: Phase, measured: Phase, server: ServerProcess, spans: int
+    target: str,
+    protocol: str,
+    warmup: Phase,
+    measured: Phase,
+    server: ServerProcess,
+    spans: int,
 ) -> Result:
     """Summarize a run; memory is read while the server still runs."""
     peak, after = server.memory_mib()
     seconds = measured.seconds or 1e-9
     return Result(
         target=target,
+        protocol=protocol,
         calls=measured.calls,
         errors=dict(warmup.errors + measured.errors),
         seconds=round(measured.seconds, 3),
@@ -621,18 +689,22 @@ def result(
     )
 
 
-def run_target(target: str, workload: Workload, args: argparse.Namespace, workdir: Path) -> Result:
-    """Start the target's server, drive it, read its memory and counters, stop it."""
+def run_target(
+    target: str, protocol: str, workload: Workload, args: argparse.Namespace, workdir: Path
+) -> Result:
+    """Start the target's server, drive it over `protocol`, read memory and counters, stop it."""
     ports = Ports.pick()
     argv = canned_argv(ports) if target == "canned" else costproc_argv(ports, workdir)
+    port = ports.receiver(protocol)
     with server_process(target, argv, workdir) as server:
         if target == "costproc":
             health = f"http://127.0.0.1:{ports.health}/"
             wait_until(server, lambda: http_get(health)[0] == 200, "health check")
-        wait_until(server, lambda: accepts(ports.grpc), "gRPC port")
-        warmup, measured = asyncio.run(drive(ports.grpc, workload, args))
+        wait_until(server, lambda: accepts(port), f"{protocol} port")
+        warmup, measured = asyncio.run(drive(port, protocol, workload, args))
         server.check_alive()
-        outcome = result(target, warmup, measured, server, workload.spans_per_request)
+        spans = workload.spans_per_request
+        outcome = result(target, protocol, warmup, measured, server, spans)
         if target == "costproc":
             outcome.spans_counted = spans_counted(ports, outcome.spans_sent)
     return outcome
@@ -645,11 +717,12 @@ def fmt(v: float | None, width: int, decimals: int) -> str:
 
 def table(results: list[Result]) -> str:
     """The plain-text report table."""
-    head = f"{'target':<9} {'calls':>7} {'errors':>6} {'spans/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
-    lines = [head + f" {'peak RSS MiB':>12} {'RSS after MiB':>13}"]
+    head = f"{'target':<9} {'proto':<5} {'calls':>7} {'errors':>6} {'spans/s':>10}"
+    lines = [head + f" {'p50 ms':>7} {'p99 ms':>7} {'peak RSS MiB':>12} {'RSS after MiB':>13}"]
     for r in results:
         lines.append(
-            f"{r.target:<9} {r.calls:>7} {sum(r.errors.values()):>6} {r.spans_per_s:>10,.0f}"
+            f"{r.target:<9} {r.protocol:<5} {r.calls:>7} {sum(r.errors.values()):>6}"
+            f" {r.spans_per_s:>10,.0f}"
             f" {fmt(r.p50_ms, 7, 2)} {fmt(r.p99_ms, 7, 2)}"
             f" {fmt(r.peak_rss_mib, 12, 1)} {fmt(r.rss_after_mib, 13, 1)}"
         )
@@ -657,16 +730,19 @@ def table(results: list[Result]) -> str:
 
 
 def summary(results: list[Result]) -> dict[str, Any]:
-    """Ratio to the ceiling and the counter check, when both apply."""
-    by_target = {r.target: r for r in results}
+    """Per costproc protocol: ratio to the (gRPC) ceiling and the counter check."""
+    ceiling = next((r.spans_per_s for r in results if r.target == "canned"), None)
     out: dict[str, Any] = {}
-    if "canned" in by_target and "costproc" in by_target:
-        ceiling = by_target["canned"].spans_per_s
-        out["ratio"] = by_target["costproc"].spans_per_s / ceiling if ceiling else None
-    if "costproc" in by_target:
-        r = by_target["costproc"]
-        out["spans_counted"], out["spans_sent"] = r.spans_counted, r.spans_sent
-        out["count_ok"] = r.spans_counted == r.spans_sent
+    for r in results:
+        if r.target != "costproc":
+            continue
+        check: dict[str, Any] = {"spans_counted": r.spans_counted, "spans_sent": r.spans_sent}
+        check["count_ok"] = r.spans_counted == r.spans_sent
+        if ceiling is not None:
+            check["ratio"] = r.spans_per_s / ceiling if ceiling else None
+        out.setdefault("costproc", {})[r.protocol] = check
+    if "costproc" in out:
+        out["count_ok"] = all(c["count_ok"] for c in out["costproc"].values())
     return out
 
 
@@ -688,21 +764,28 @@ def report(workload: Workload, results: list[Result], as_json: bool) -> str:
     ]
     for r in results:
         if r.errors:
-            lines.append(f"{r.target} errors: {dict(sorted(r.errors.items()))}")
-    if extra.get("ratio") is not None:
-        lines.append(f"costproc / canned throughput: {extra['ratio']:.3f}")
-    if "count_ok" in extra:
-        verdict = "ok" if extra["count_ok"] else "MISMATCH"
+            lines.append(f"{r.target}/{r.protocol} errors: {dict(sorted(r.errors.items()))}")
+    for protocol, check in extra.get("costproc", {}).items():
+        if check.get("ratio") is not None:
+            lines.append(f"costproc over {protocol} / canned gRPC: {check['ratio']:.3f}")
+        verdict = "ok" if check["count_ok"] else "MISMATCH"
         lines.append(
-            f"{SPANS_METRIC}: {extra['spans_counted']} (sent {extra['spans_sent']}): {verdict}"
+            f"{SPANS_METRIC} over {protocol}: {check['spans_counted']}"
+            f" (sent {check['spans_sent']}): {verdict}"
         )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags."""
-    p = argparse.ArgumentParser(description="costproc throughput over loopback gRPC")
+    p = argparse.ArgumentParser(description="costproc throughput over loopback gRPC or HTTP")
     p.add_argument("--target", choices=["both", "costproc", "canned"], default="both")
+    p.add_argument(
+        "--protocol",
+        choices=["grpc", "http", "both"],
+        default="grpc",
+        help="how costproc is driven (default grpc); the canned ceiling is always gRPC",
+    )
     span = p.add_mutually_exclusive_group()
     span.add_argument("--seconds", type=float, default=10.0, help="measured run (default 10)")
     span.add_argument("--requests", type=int, help="measured calls instead of --seconds")
@@ -724,11 +807,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 if costproc's span count disagrees."""
     args = parse_args(argv)
-    targets = ["canned", "costproc"] if args.target == "both" else [args.target]
+    protocols = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
+    runs = [("canned", "grpc")] if args.target in ("both", "canned") else []
+    if args.target in ("both", "costproc"):
+        runs += [("costproc", protocol) for protocol in protocols]
     with tempfile.TemporaryDirectory(prefix="costproc-bench-") as tmp:
         try:
             workload = build_workload(args.templates, args.spans_per_request, args.seed)
-            results = [run_target(t, workload, args, Path(tmp)) for t in targets]
+            results = [run_target(t, p, workload, args, Path(tmp)) for t, p in runs]
         except RuntimeError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

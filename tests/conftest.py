@@ -23,7 +23,9 @@ T = TypeVar("T")
 
 # Every endpoint on a free local port; waits short enough for a test to see jobs close.
 LOCAL_FAST: dict[str, Any] = {
-    "receivers": {"otlp": {"grpc": {"endpoint": "127.0.0.1:0"}}},
+    "receivers": {
+        "otlp": {"grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}}
+    },
     "exporters": {"prometheus": {"endpoint": "127.0.0.1:0"}},
     "extensions": {"health_check": {"endpoint": "127.0.0.1:0"}},
     "rollup": {"completion_wait": "300ms", "tick_interval": "50ms"},
@@ -51,6 +53,10 @@ class RunningService:
         # grpc.aio binds its server to the loop it is created on: build it there.
         self.service: Service = self.run(self._start(config, clock))
         self.grpc_target = f"127.0.0.1:{self.service.grpc_port}"
+        self.http_url = ""  # OTLP/HTTP traces URL, when that receiver is configured
+        if config.http is not None:
+            scheme = "https" if config.http.tls is not None else "http"
+            self.http_url = f"{scheme}://127.0.0.1:{self.service.http_port}/v1/traces"
         self.metrics_url = f"http://127.0.0.1:{self.service.metrics_server.port}/metrics"
 
     @staticmethod

@@ -149,7 +149,7 @@ def test_serve_with_a_bad_config_exits_1_before_binding(
 def local_config(tmp_path: Path) -> Path:
     """The bundled config with every endpoint on 127.0.0.1 port 0."""
     text = BUNDLED.read_text(encoding="utf-8")
-    for port in ("4317", "9464", "13133"):
+    for port in ("4317", "4318", "9464", "13133"):
         text, count = re.subn(rf"endpoint: 0\.0\.0\.0:{port}\b", "endpoint: 127.0.0.1:0", text)
         assert count == 1, f"the bundled config no longer has one endpoint on port {port}"
     file = tmp_path / "local.yaml"

@@ -29,6 +29,7 @@ def local_config(**endpoints: str) -> Config:
     return replace(
         config,
         grpc=replace(config.grpc, endpoint=endpoints.get("grpc", "127.0.0.1:0")),
+        http=replace(config.http, endpoint=endpoints.get("http", "127.0.0.1:0")),
         prometheus=replace(config.prometheus, endpoint=endpoints.get("prometheus", "127.0.0.1:0")),
         health=replace(config.health, endpoint=endpoints.get("health", "127.0.0.1:0")),
     )
@@ -230,6 +231,7 @@ def taken_port() -> Iterator[int]:
     ("endpoint", "key"),
     [
         ("grpc", "receivers.otlp.grpc.endpoint"),
+        ("http", "receivers.otlp.http.endpoint"),
         ("prometheus", "exporters.prometheus.endpoint"),
         ("health", "extensions.health_check.endpoint"),
     ],
