@@ -3,7 +3,10 @@
 request -> daemon server thread -> respond(path, headers) -> Response -> socket
 
 Each server runs a ThreadingHTTPServer in a daemon thread and formats on the
-request's own thread, so the event loop never waits for a scraper or a probe.
+request's own thread, so the event loop never waits for a scraper or a probe. With
+`tls`, the metrics endpoint speaks only HTTPS (mTLS with `client_ca_file`); the TLS
+handshake also runs on the request's thread, so a client that stalls or fails it holds
+up no one else. The health endpoint stays plain HTTP (see HealthServer).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import gzip
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
@@ -24,13 +29,16 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from costproc.config.model import HealthConfig, PrometheusConfig
+from costproc.config.model import HealthConfig, PrometheusConfig, TLSServerConfig
+from costproc.security import server_ssl_context
 
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 _POLL_SECONDS = 0.1
+# A client gets this long to finish a TLS handshake before its thread gives up on it.
+_HANDSHAKE_SECONDS = 10.0
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -59,17 +67,42 @@ _Respond = Callable[[str, Message], _Response]
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Shutdown must not wait on a stalled scraper's connection (up to its timeout).
+    block_on_close = False
 
-    def __init__(self, host: str, port: int, respond: _Respond) -> None:
+    def __init__(
+        self, host: str, port: int, respond: _Respond, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.respond = respond
         super().__init__((host, port), _Handler)
+        if tls is not None:
+            # Without the handshake on accept, the serving loop never waits on a client.
+            self.socket = tls.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can stall on DNS.
         TCPServer.server_bind(self)
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # On the request's thread; a failed handshake ends this connection only.
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(_HANDSHAKE_SECONDS)
+            try:
+                request.do_handshake()
+            except OSError as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Handler errors are logged in do_GET; what reaches here is a connection dropped
+        # or reset mid-request, not worth the traceback socketserver prints to stderr.
+        log.debug("connection from %s failed", client_address[0], exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -78,10 +111,11 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30.0
 
     def do_GET(self) -> None:
+        path = urlsplit(self.path).path
         try:
-            response = self.server.respond(urlsplit(self.path).path, self.headers)
+            response = self.server.respond(path, self.headers)
         except Exception:
-            log.exception("failed to serve %s", self.path)
+            log.exception("failed to serve %s", path)
             response = _Response(500, _TEXT, b"internal error\n")
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
@@ -91,18 +125,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(response.body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        # Scrapes and probes come every few seconds; access lines would drown real logs.
-        log.debug("%s " + format, self.address_string(), *args)
+    # Scrapes and probes come every few seconds, so access lines are debug only. They name
+    # the path alone: a query string, or the raw line of a malformed request, could carry
+    # a credential.
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = urlsplit(self.path).path
+        status = code.value if isinstance(code, HTTPStatus) else code
+        log.debug("%s %s %s %s", self.address_string(), self.command, path, status)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        log.debug("%s sent a request that could not be served", self.address_string())
 
 
 class _Endpoint:
     """One HTTP server on one endpoint, served from a daemon thread."""
 
-    def __init__(self, name: str, endpoint: str, respond: _Respond) -> None:
+    def __init__(
+        self, name: str, endpoint: str, respond: _Respond, tls: TLSServerConfig | None = None
+    ) -> None:
         self.host, self._configured_port = parse_endpoint(endpoint)
         self._name = name
         self._respond = respond
+        self._tls = tls
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -117,7 +161,13 @@ class _Endpoint:
         """Bind the endpoint and serve from a daemon thread."""
         if self._server is not None:
             raise RuntimeError(f"the {self._name} server is already started")
-        server = _Server(self.host, self._configured_port, self._respond)
+        context = None
+        if self._tls is not None:
+            try:
+                context = server_ssl_context(self._tls)
+            except OSError as exc:
+                raise OSError(f"cannot load its TLS certificate, key or client CA: {exc}") from exc
+        server = _Server(self.host, self._configured_port, self._respond, context)
         thread = threading.Thread(
             target=server.serve_forever,
             # The loop notices shutdown() only between polls; keep shutdown prompt.
@@ -127,7 +177,8 @@ class _Endpoint:
         )
         thread.start()
         self._server, self._thread = server, thread
-        log.info("serving %s on %s port %d", self._name, self.host, server.server_port)
+        scheme = "HTTP" if context is None else "HTTPS"
+        log.info("serving %s on %s port %d (%s)", self._name, self.host, server.server_port, scheme)
 
     def shutdown(self) -> None:
         """Stop serving and release the port; does nothing when not started."""
@@ -145,7 +196,7 @@ class MetricsServer(_Endpoint):
     """Serves a registry on `/metrics`: OpenMetrics with exemplars when asked, else text."""
 
     def __init__(self, config: PrometheusConfig, registry: CollectorRegistry) -> None:
-        super().__init__("metrics", config.endpoint, self._metrics)
+        super().__init__("metrics", config.endpoint, self._metrics, config.tls)
         self._registry = registry
 
     def _metrics(self, path: str, headers: Message) -> _Response:
@@ -160,6 +211,9 @@ class MetricsServer(_Endpoint):
         return _Response(200, content_type, body)
 
 
+# Plain HTTP on purpose: kubelet probes do not verify a server certificate and cannot
+# present a client one, so TLS here would protect nothing and mTLS would fail every probe;
+# the answer reveals only whether the process serves.
 class HealthServer(_Endpoint):
     """Answers `/` and `/health`: 200 while `is_healthy()` holds, 503 otherwise."""
 

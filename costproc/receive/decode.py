@@ -10,6 +10,7 @@ Nothing downstream sees a protobuf object. A span that breaks a rule (SPEC 3,
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from costproc.receive.wire import AnyValue, parse_request, string_value, text_va
 STATUS_ERROR = 2
 _REMOTE_PARENT = 0x300  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | SPAN_FLAGS_CONTEXT_IS_REMOTE
 MAX_LABEL_CHARS = 128  # label values from attributes are cut here
+# Control characters, lone surrogates (JSON can carry them, UTF-8 cannot encode them) and
+# line/paragraph separators. Format characters stay: ZWJ/ZWNJ belong to emoji and scripts.
+_UNSAFE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 MAX_JOB_ID_CHARS = 256
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
@@ -88,8 +92,32 @@ def _first_string(attrs: Any, keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def _label_of(value: AnyValue | None) -> str | None:
+    return None if value is None else _label(string_value(value))
+
+
 def _label(value: str | None) -> str | None:
-    return value[:MAX_LABEL_CHARS] if value else None
+    """A label value read from an attribute: short, printable, trimmed; None when empty."""
+    if not value:
+        return None
+    # The hot path: a short printable value without surrounding spaces (`isprintable`
+    # rules out every other whitespace) passes with one C scan and no copy.
+    if (
+        len(value) <= MAX_LABEL_CHARS
+        and value.isprintable()
+        and value[0] != " "
+        and value[-1] != " "
+    ):
+        return value
+    return _sanitized(value[:MAX_LABEL_CHARS])
+
+
+def _sanitized(value: str) -> str | None:
+    """Trim, then replace control characters and lone surrogates with `_`."""
+    value = value.strip()
+    if not value.isprintable():
+        value = "".join("_" if unicodedata.category(c) in _UNSAFE else c for c in value)
+    return value or None
 
 
 class Decoder:
@@ -208,20 +236,22 @@ class Decoder:
             egress = get(_BODY_SIZE_BY_KIND[kind])
         egress_bytes = _count(egress) or 0.0
         metered: tuple[tuple[str, float], ...] = ()
-        if any(get(k) is not None for k in self._rule_keys[table.version]):
-            try:
-                metered = self.book.metered(table, _strings(get), _numbers(get))
-            except InvalidQuantity as exc:
-                raise Rejected("invalid_usage") from exc
+        for key in self._rule_keys[table.version]:
+            if get(key) is not None:
+                try:
+                    metered = self.book.metered(table, _strings(get), _numbers(get))
+                except InvalidQuantity as exc:
+                    raise Rejected("invalid_usage") from exc
+                break
         job_id = resource.job_id
         for key in self.job_id_keys:
-            value = string_value(get(key))
-            if value:
-                job_id = value[:MAX_JOB_ID_CHARS]
+            value = get(key)
+            if value is not None and (text := string_value(value)):
+                job_id = text[:MAX_JOB_ID_CHARS]
                 break
-        outcome = string_value(get(self.outcome_key))
-        if outcome is not None:
-            outcome = outcome.lower()
+        outcome = None
+        if (value := get(self.outcome_key)) is not None and (text := string_value(value)):
+            outcome = text.lower()
         return SpanRecord(
             trace_id,
             span_id,
@@ -234,8 +264,8 @@ class Decoder:
             error=span.status.code == STATUS_ERROR,
             remote_parent=(span.flags & _REMOTE_PARENT) == _REMOTE_PARENT,
             job_id=job_id,
-            job_type=_label(string_value(get(self.job_type_key))),
-            tenant=_label(string_value(get(self.tenant_key))),
+            job_type=_label_of(get(self.job_type_key)),
+            tenant=_label_of(get(self.tenant_key)),
             outcome=outcome if outcome in _OUTCOMES else None,
             measured=measured,
             egress_bytes=egress_bytes,
