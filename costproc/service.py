@@ -8,6 +8,7 @@ MetricsServer serves CostMetrics' registry; HealthServer says whether we serve.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,19 +20,23 @@ from costproc.clock import Clock, MonotonicClock
 from costproc.config.model import Config
 from costproc.errors import StartupError
 from costproc.export.fanout import FanOut
+from costproc.export.forward import Forwarder
 from costproc.export.http import HealthServer, MetricsServer
 from costproc.export.metrics import CostMetrics
+from costproc.export.records import CostRecordWriter
 from costproc.model import CostSink
 from costproc.price.book import PriceBook
 from costproc.price.pricer import Pricer
 from costproc.receive.decode import Decoder
 from costproc.receive.grpc_server import GrpcReceiver
+from costproc.receive.http_server import HttpReceiver
 from costproc.receive.intake import Intake
 from costproc.rollup.rollup import Rollup
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 TICK_BUDGET = 200  # attempts closed per slice of the event loop (~10-40 ms of work)
+FORWARD_DRAIN = 5.0  # seconds stop() gives queued requests and cost spans to go out
 
 
 class Receiver(Protocol):
@@ -65,15 +70,33 @@ class Service:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.book = PriceBook(config.pricing, config.usage.egress_default_class)
         self.metrics = CostMetrics(config.prometheus, config.pricing.currency, self.registry)
+        currency = config.pricing.currency
+        self.forwarder = (
+            None if config.forward is None else Forwarder(config.forward, self.registry, currency)
+        )
+        self.records = (
+            None
+            if config.cost_records is None
+            else CostRecordWriter(config.cost_records, currency, self.registry)
+        )
         sinks: list[CostSink] = [self.metrics, *extra_sinks]
+        if self.forwarder is not None and self.forwarder.config.cost_spans:
+            sinks.append(self.forwarder)
+        if self.records is not None:
+            sinks.append(self.records)
         sink: CostSink = FanOut(sinks) if len(sinks) > 1 else self.metrics
         self.rollup = Rollup(config.rollup, Pricer(self.book), sink, self.clock)
-        self.intake = Intake(Decoder(config, self.book), self.rollup, self.metrics)
+        self.intake = Intake(
+            Decoder(config, self.book), self.rollup, self.metrics, forwarder=self.forwarder
+        )
         # (config key, receiver) for every configured protocol.
         self.receivers: list[tuple[str, Receiver]] = []
         if config.grpc is not None:
             grpc_receiver = GrpcReceiver(config.grpc, self.intake)
             self.receivers.append(("receivers.otlp.grpc.endpoint", grpc_receiver))
+        if config.http is not None:
+            http_receiver = HttpReceiver(config.http, self.intake)
+            self.receivers.append(("receivers.otlp.http.endpoint", http_receiver))
         self.metrics_server = MetricsServer(config.prometheus, self.registry)
         self.health_server = HealthServer(config.health, lambda: self._running)
         self._running = False
@@ -106,6 +129,9 @@ class Service:
                 _sync(self.metrics_server.start),
                 _sync(self.metrics_server.shutdown),
             )
+            if self.forwarder is not None:
+                await self.forwarder.start()
+                self._stops.append(functools.partial(self.forwarder.stop, 0.0))
             for key, receiver in self.receivers:
                 await self._bind(
                     key, _endpoint(self.config, key), receiver.start, _grace_zero(receiver)
@@ -160,6 +186,11 @@ class Service:
         if self._ticker is not None:
             self._ticker.cancel()
         self.rollup.flush()
+        # After the flush, so the jobs it closed get their cost spans and records.
+        if self.forwarder is not None:
+            await self.forwarder.stop(FORWARD_DRAIN)
+        if self.records is not None:
+            self.records.close()
         self.health_server.shutdown()
         self.metrics_server.shutdown()
         self._stops.clear()

@@ -127,7 +127,7 @@ class RollupConfig:
     completion_wait: float = 2.0
     max_wait: float = 300.0
     retry_window: float = 0.0
-    late_span_window: float = 300.0
+    late_span_window: float = 60.0
     max_inflight_traces: int = 100_000
     max_inflight_spans: int = 2_000_000
     # Requests are refused with a retryable status while open state is above this
