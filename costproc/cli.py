@@ -1,4 +1,4 @@
-"""The `costproc` command: serve, check-config, demo."""
+"""The `costproc` command: serve, check-config, demo, rules."""
 
 from __future__ import annotations
 
@@ -57,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=40.0, help="jobs per second to generate")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the workload")
     demo.set_defaults(run=_demo)
+
+    rules = commands.add_parser(
+        "rules", help="generate Prometheus recording and alerting rules from the budgets"
+    )
+    rules.add_argument("--config", help="config file (default: the bundled one)")
+    rules.add_argument(
+        "--scrape-job", default="costproc", help="Prometheus job name (prefix) of the targets"
+    )
+    rules.add_argument("--output", help="write the rule file here (default: stdout)")
+    rules.set_defaults(run=_rules)
     return parser
 
 
@@ -126,3 +136,21 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     code: int = run_demo(config, duration=args.duration, rate=args.rate, seed=args.seed)
     return code
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from costproc.rules import render_rules
+
+    if not args.scrape_job:
+        print("costproc rules: --scrape-job must not be empty", file=sys.stderr)
+        return 2
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    text = render_rules(config, args.scrape_job, config_path=args.config)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    return 0

@@ -471,6 +471,7 @@ def test_unset_env_variable_is_named_with_its_key_path(
         pytest.param("2s", 2.0, id="s"),
         pytest.param("5m", 300.0, id="m"),
         pytest.param("1h", 3600.0, id="h"),
+        pytest.param("30d", 2_592_000.0, id="d"),
         pytest.param("1.5h", 5400.0, id="fractional"),
         pytest.param("0s", 0.0, id="zero"),
         pytest.param("3", 3.0, id="bare-int"),
@@ -487,7 +488,7 @@ def test_durations(written: str, seconds: float) -> None:
     "written",
     [
         pytest.param("5 minutes", id="word-unit"),
-        pytest.param("1d", id="days"),
+        pytest.param("1w", id="weeks"),
         pytest.param("-1s", id="negative-string"),
         pytest.param("-1", id="negative-number"),
         pytest.param(".inf", id="infinite"),
@@ -569,3 +570,44 @@ def rule_matches() -> dict[str, Match]:
 )
 def test_match(rule_matches: dict[str, Match], key: str, value: str | None, matches: bool) -> None:
     assert rule_matches[key].test(value) is matches
+
+
+@pytest.mark.parametrize("component", ["cpu", "memory", "gpu", "egress", "total"])
+def test_metered_component_names_reserved_for_usage_and_total(component: str) -> None:
+    text = f"""
+pricing:
+  tables:
+    - version: a
+      effective_from: 2026-01-01T00:00:00Z
+      cpu_core_second: 0
+      memory_gb_second: 0
+      gpu_second: 0
+      egress_per_gb: {{internet: 0}}
+      metered:
+        - {{name: x, component: {component}, match: {{a: b}}, unit_price: 1}}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert [p.split(":")[0] for p in err.value.problems] == [
+        "pricing.tables[0].metered[0].component"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "problem"),
+    [
+        ("0.5", None),
+        ("1", None),
+        ("0", "rollup.backpressure_watermark"),
+        ("1.5", "rollup.backpressure_watermark"),
+    ],
+    ids=["half", "one", "zero", "above-one"],
+)
+def test_backpressure_watermark(written: str, problem: str | None) -> None:
+    text = PRICING + f"rollup: {{backpressure_watermark: {written}}}\n"
+    if problem is None:
+        assert parse_config(text).rollup.backpressure_watermark == float(written)
+    else:
+        with pytest.raises(ConfigError) as err:
+            parse_config(text)
+        assert [p.split(":")[0] for p in err.value.problems] == [problem]

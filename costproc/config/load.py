@@ -49,8 +49,8 @@ from costproc.errors import ConfigError
 T = TypeVar("T")
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]*):(\d{1,5})$")
 
@@ -228,7 +228,7 @@ class _Reader:
         else:
             m = _DURATION.match(str(value))
             if m is None:
-                self.bad(path, f"must be a duration like 500ms, 2s, 5m or 1h, got {value!r}")
+                self.bad(path, f"must be a duration like 500ms, 2s, 5m, 1h or 30d, got {value!r}")
                 return 0.0
             seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         if seconds < 0 or not math.isfinite(seconds):
@@ -404,9 +404,14 @@ class _Reader:
         if node is None:
             return None
         sec = self.section(node, path, {"bearer_token"})
-        token = self.get(sec, path, "bearer_token", self.text, None)
+        token = sec.get("bearer_token")
         if token is None:
             self.bad(_join(path, "bearer_token"), "is required when auth is set")
+            return None
+        if not isinstance(token, str) or not token.strip():
+            # Never echo the value: it is a secret even when mistyped.
+            self.bad(_join(path, "bearer_token"), "must be a non-empty string")
+            return None
         return token
 
     def rollup(self, node: Any, path: str) -> RollupConfig:
@@ -444,6 +449,9 @@ class _Reader:
             ),
             local_roots=self.get(sec, path, "local_roots", self.flag, d.local_roots),
             tick_interval=self.get(sec, path, "tick_interval", self.duration, d.tick_interval),
+            backpressure_watermark=self.get(
+                sec, path, "backpressure_watermark", self.number(), d.backpressure_watermark
+            ),
         )
         if cfg.max_wait < cfg.completion_wait:
             self.bad(_join(path, "max_wait"), "must be >= completion_wait")
@@ -619,10 +627,17 @@ class _Reader:
                     f"must be 1 (per span) or an attribute name, got {quantity!r}",
                 )
             name = self.text(sec.get("name"), _join(sub, "name"))
+            component = self.get(sec, sub, "component", self.text, name)
+            if component in _RESERVED_COMPONENTS:
+                self.bad(
+                    _join(sub, "component"),
+                    f"{component!r} is reserved (cpu, memory, gpu, egress are priced "
+                    "from usage; total is the sum)",
+                )
             rules.append(
                 MeteredRule(
                     name=name,
-                    component=self.get(sec, sub, "component", self.text, name),
+                    component=component,
                     match=self.matches(sec.get("match"), _join(sub, "match")),
                     quantity_attribute=quantity if isinstance(quantity, str) else None,
                     unit_price=self.number(minimum=0)(
@@ -830,6 +845,8 @@ class _Reader:
             ),
         )
 
+
+_RESERVED_COMPONENTS = frozenset({"cpu", "memory", "gpu", "egress", "total"})
 
 _USAGE_ATTRIBUTE_FIELDS = {
     "cpu_seconds",
