@@ -116,7 +116,6 @@ class SpanRecord:
         end: int,
         resource: Resource,
         table: str,
-        *,
         kind: int = 0,
         error: bool = False,
         remote_parent: bool = False,

@@ -44,6 +44,8 @@ class PriceBook:
 
     def table_at(self, time_ns: int) -> PriceTable:
         """The table in force at `time_ns`; before the first table, the first one."""
+        if time_ns >= self._starts[-1]:  # nearly every span: the newest table
+            return self.tables[-1]
         i = bisect.bisect_right(self._starts, time_ns) - 1
         return self.tables[max(i, 0)]
 

@@ -92,10 +92,6 @@ def _first_string(attrs: Any, keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _label_of(value: AnyValue | None) -> str | None:
-    return None if value is None else _label(string_value(value))
-
-
 def _label(value: str | None) -> str | None:
     """A label value read from an attribute: short, printable, trimmed; None when empty."""
     if not value:
@@ -234,7 +230,7 @@ class Decoder:
         egress = get(self.egress_key)
         if egress is None and kind in _BODY_SIZE_BY_KIND:
             egress = get(_BODY_SIZE_BY_KIND[kind])
-        egress_bytes = _count(egress) or 0.0
+        egress_bytes = 0.0 if egress is None else (_count(egress) or 0.0)
         metered: tuple[tuple[str, float], ...] = ()
         for key in self._rule_keys[table.version]:
             if get(key) is not None:
@@ -252,6 +248,11 @@ class Decoder:
         outcome = None
         if (value := get(self.outcome_key)) is not None and (text := string_value(value)):
             outcome = text.lower()
+        value = get(self.job_type_key)
+        job_type = None if value is None else _label(string_value(value))
+        value = get(self.tenant_key)
+        tenant = None if value is None else _label(string_value(value))
+        # Positional: this runs once per span, and keyword passing costs measurably more.
         return SpanRecord(
             trace_id,
             span_id,
@@ -260,28 +261,29 @@ class Decoder:
             end,
             resource,
             table.version,
-            kind=kind,
-            error=span.status.code == STATUS_ERROR,
-            remote_parent=(span.flags & _REMOTE_PARENT) == _REMOTE_PARENT,
-            job_id=job_id,
-            job_type=_label_of(get(self.job_type_key)),
-            tenant=_label_of(get(self.tenant_key)),
-            outcome=outcome if outcome in _OUTCOMES else None,
-            measured=measured,
-            egress_bytes=egress_bytes,
-            egress_class=self._egress_class(get) if egress_bytes else "",
-            metered=metered,
+            kind,
+            span.status.code == STATUS_ERROR,
+            (span.flags & _REMOTE_PARENT) == _REMOTE_PARENT,
+            job_id,
+            job_type,
+            tenant,
+            outcome if outcome in _OUTCOMES else None,
+            measured,
+            egress_bytes,
+            self._egress_class(get) if egress_bytes else "",
+            metered,
         )
 
     def _egress_class(self, get: Getter) -> str:
         usage = self.config.usage
-        explicit = string_value(get(usage.egress_class_attribute))
-        if explicit:
-            return explicit
-        lookup = _strings(get)
-        for rule in self.egress_rules:
-            if matches_all(rule.match, lookup):
-                return rule.egress_class
+        explicit = get(usage.egress_class_attribute)
+        if explicit is not None and (text := string_value(explicit)):
+            return text
+        if self.egress_rules:
+            lookup = _strings(get)
+            for rule in self.egress_rules:
+                if matches_all(rule.match, lookup):
+                    return rule.egress_class
         return usage.egress_default_class
 
 
