@@ -34,15 +34,24 @@ class Pricer:
         self.book = book
 
     def price_attempt(
-        self, job: str, spans: list[SpanRecord], trace: Mapping[bytes, SpanRecord]
+        self,
+        job: str,
+        spans: list[SpanRecord],
+        trace: Mapping[bytes, SpanRecord],
+        carve: bool = True,
     ) -> tuple[Cost, Covered]:
-        """Cost of one attempt's spans, and the instants it covered per instance."""
+        """Cost of one attempt's spans, and the instants it covered per instance.
+
+        `carve=False` promises that the trace holds no other job and no measured span,
+        so no descendant can take instants away (the common case, and the cheap one).
+        """
         cost = Cost()
         by_instance: dict[str, list[SpanRecord]] = {}
         for span in spans:
-            self._price_local(span, cost)
+            if span.egress_bytes or span.metered or span.measured != _NOT_MEASURED:
+                self._price_local(span, cost)
             by_instance.setdefault(span.resource.instance, []).append(span)
-        cuts = _carve(job, spans, trace)
+        cuts = _carve(job, spans, trace) if carve else {}
         covered: Covered = {}
         for instance, group in by_instance.items():
             union = busy.merge((s.start, s.end) for s in group)
@@ -50,10 +59,11 @@ class Pricer:
             if self._uniform(group, cuts):
                 # Common case: one rate, nothing measured or cut out: one union serves all kinds.
                 rates = self.book.rates(group[0].resource, group[0].table)
-                ns = sum(end - start for start, end in union)
+                seconds = sum(end - start for start, end in union) / NS
                 for kind, share in enumerate(rates.usage):
                     if share > 0:
-                        self._add_busy(cost, kind, {(share, rates.price[kind]): ns})
+                        usage = seconds * share
+                        _add_usage(cost, kind, usage, usage * rates.price[kind])
             else:
                 for kind in range(len(RESOURCE_KINDS)):
                     self._add_busy(cost, kind, busy.split_union(self._pieces(group, kind, cuts)))

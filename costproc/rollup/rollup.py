@@ -38,6 +38,7 @@ from costproc.rollup.state import AttemptState, JobState, TraceState
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+_NOT_MEASURED = (None, None, None)
 _LOCAL_ROOT_KINDS = (KIND_SERVER, KIND_CONSUMER)
 
 
@@ -82,6 +83,8 @@ class Rollup:
             return False  # a resent span (exporter retry) must not count twice
         trace.spans[span.span_id] = span
         trace.size += 1
+        if span.measured != _NOT_MEASURED:
+            trace.has_measured = True
         self.span_count += 1
         self.traces.move_to_end(span.trace_id)
         if self._idle.pop(span.trace_id, None) is not None:
@@ -260,7 +263,9 @@ class Rollup:
             tenant=root.tenant or root.resource.tenant or UNKNOWN,
             service=root.resource.service,
         )
-        cost, attempt.covered = self.pricer.price_attempt(job.job_id, attempt.spans, trace.spans)
+        cost, attempt.covered = self.pricer.price_attempt(
+            job.job_id, attempt.spans, trace.spans, carve=trace.needs_carve
+        )
         result = AttemptResult(
             job.job_id,
             trace.trace_id,

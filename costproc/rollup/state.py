@@ -49,7 +49,16 @@ class TraceState:
     find their job for the retention window.
     """
 
-    __slots__ = ("attempts", "open_attempts", "size", "span_jobs", "spans", "trace_id", "waiting")
+    __slots__ = (
+        "attempts",
+        "has_measured",
+        "open_attempts",
+        "size",
+        "span_jobs",
+        "spans",
+        "trace_id",
+        "waiting",
+    )
 
     def __init__(self, trace_id: bytes):
         self.trace_id = trace_id
@@ -59,6 +68,12 @@ class TraceState:
         self.attempts: dict[str, AttemptState] = {}
         self.open_attempts = 0
         self.size = 0  # span ids held, counted against max_inflight_spans
+        self.has_measured = False  # some span measured its own usage
+
+    @property
+    def needs_carve(self) -> bool:
+        """Whether a descendant may take instants from a job (another job, or measured)."""
+        return self.has_measured or len(self.attempts) > 1
 
     @property
     def job_id(self) -> str:
