@@ -9,6 +9,7 @@ import asyncio
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -212,16 +213,17 @@ def _client_target(host: str, port: int) -> str:
 def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     """Ctrl-C and SIGTERM set `stop`, so the demo shuts down cleanly instead of unwinding."""
     loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
+    # Signal handlers need the main thread and a Unix loop; elsewhere Ctrl-C raises
+    # KeyboardInterrupt instead, which run_demo turns into a normal exit.
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
     for sig in (signal.SIGINT, signal.SIGTERM):
-        # Not possible off the main thread or on Windows; Ctrl-C then raises instead.
-        with suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+        loop.add_signal_handler(sig, stop.set)
     try:
         yield
     finally:
-        for sig in installed:
+        for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
