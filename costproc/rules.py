@@ -37,6 +37,9 @@ _VALUE_3G = '{{ $value | printf "%.3g" }}'
 _VALUE_PCT = "{{ $value | humanizePercentage }}"
 _JOB_TYPE = "{{ $labels.job_type }}"
 _JOB = "{{ $labels.job }}"
+# The capped labels that budgets and alerts select on. The other two, component and egress
+# class, take their values from the price table, so they cannot run away.
+_FOLD_WATCHED = ("job_type", "tenant", "service")
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +308,8 @@ def _self_alerts(scrape_job: str) -> tuple[SelfAlert, ...]:
     up = "up" + _job_prefix(scrape_job)
     on = "{{ $labels.instance }}"
     reason = "{{ $labels.reason }}"
+    label = "{{ $labels.label }}"
+    watched = _quote("|".join(_FOLD_WATCHED))
     return (
         SelfAlert(
             "CostprocRejectingSpans",
@@ -326,6 +331,19 @@ def _self_alerts(scrape_job: str) -> tuple[SelfAlert, ...]:
             f"costproc {on} evicted {_VALUE_0F} open jobs in the last hour ({reason})",
             f"costproc {on} closed about {_VALUE_0F} open jobs early as evicted ({reason}) "
             f"over the last hour: their cost per job is split and understated.",
+        ),
+        SelfAlert(
+            "CostprocLabelValuesFolded",
+            "ticket",
+            "sum by (job, instance, label) "
+            f"(increase(costproc_label_values_folded_total{{label=~{watched}}}[1h])) > 0",
+            "15m",
+            f"costproc {on} folds {label} values into __other__ "
+            f"({_VALUE_0F} observations in the last hour)",
+            f'costproc {on} folded about {_VALUE_0F} observations into {label}="__other__" '
+            f"over the last hour: their {label} was not among the first "
+            f"exporters.prometheus.max_label_values values it kept. Budgets and alerts "
+            f"keyed on {label} may be blind to the folded values.",
         ),
         SelfAlert(
             "CostprocRefusingRequests",

@@ -268,6 +268,7 @@ def test_without_budgets_only_generic_rules_remain(make_config: MakeConfig) -> N
         "CostprocFailedSpendShareHigh",
         "CostprocRejectingSpans",
         "CostprocEvictingJobs",
+        "CostprocLabelValuesFolded",
         "CostprocRefusingRequests",
         "CostprocDown",
     }
@@ -300,6 +301,19 @@ def test_scrape_job_is_a_prefix_with_regex_escaped(bundled: Config) -> None:
         generate_rules(bundled, scrape_job="")
 
 
+def test_folded_labels_ticket_watches_the_labels_budgets_select_on(bundled: Config) -> None:
+    (alert,) = alerts(generate_rules(bundled), "CostprocLabelValuesFolded")
+    assert alert["expr"] == (
+        "sum by (job, instance, label) (increase(costproc_label_values_folded_total"
+        '{label=~"job_type|tenant|service"}[1h])) > 0'
+    )
+    assert alert["for"] == "15m"
+    assert alert["labels"] == {"severity": "ticket"}
+    notes = alert["annotations"]
+    assert "{{ $labels.label }}" in notes["summary"]
+    assert "Budgets and alerts keyed on {{ $labels.label }} may be blind" in notes["description"]
+
+
 def test_label_values_are_escaped(make_config: MakeConfig) -> None:
     doc = generate_rules(make_config(ODD_NAMES))
     (spend,) = {r["expr"] for r in rules_of(doc) if r.get("record") == "costproc:spend_usd:rate5m"}
@@ -313,8 +327,8 @@ def test_every_alert_is_annotated_and_has_a_runbook_section(bundled: Config) -> 
         if line.startswith("## ")
     }
     got = alerts(generate_rules(bundled))
-    # 2 spend budgets x 4 window pairs, 3 job-cost budgets, 2 ratio tickets, 5 on costproc
-    assert len(got) == 2 * 4 + 3 + 2 + 5
+    # 2 spend budgets x 4 window pairs, 3 job-cost budgets, 2 ratio tickets, 6 on costproc
+    assert len(got) == 2 * 4 + 3 + 2 + 6
     for alert in got:
         notes = alert["annotations"]
         name = alert["alert"]
@@ -336,6 +350,7 @@ def test_rules_read_only_documented_metrics(make_config: MakeConfig) -> None:
         "costproc_spans_rejected_total",
         "costproc_jobs_evicted_total",
         "costproc_requests_refused_total",
+        "costproc_label_values_folded_total",
     }
     text = render_rules(make_config(PER_JOB_TYPE))
     exprs = [r["expr"] for r in rules_of(yaml.safe_load(text))]
