@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -59,12 +60,19 @@ def series(registry: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str],
     }
 
 
-def test_fresh_registry_has_only_unlabelled_series_at_zero(registry: CollectorRegistry) -> None:
+def test_fresh_registry_has_only_unlabelled_and_fold_series_at_zero(
+    registry: CollectorRegistry,
+) -> None:
     CostMetrics(PrometheusConfig(), registry=registry)
+    folds = {
+        ("costproc_label_values_folded_total", (("label", label),))
+        for label in ("job_type", "tenant", "service", "component", "class")
+    }
     assert series(registry) == {
         ("costproc_spans_received_total", ()),
         ("costproc_spans_late_total", ()),
         ("costproc_jobs_inflight", ()),
+        *folds,
     }
     for name in ("costproc_spans_received_total", "costproc_spans_late_total"):
         assert sample(registry, name) == 0.0
@@ -163,6 +171,75 @@ def test_job_cost_carries_trace_id_exemplar(
     assert len(exemplars) == 1
     assert exemplars[0].labels == {"trace_id": TRACE.hex()}
     assert exemplars[0].value == 0.75
+
+
+def cost_exemplars(registry: CollectorRegistry) -> dict[str, tuple[str, float]]:
+    """`le` -> (trace id, value) for every costproc_job_cost_usd bucket with an exemplar."""
+    return {
+        s.labels["le"]: (s.exemplar.labels["trace_id"], s.exemplar.value)
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "costproc_job_cost_usd_bucket" and s.exemplar is not None
+    }
+
+
+def test_exemplar_sits_on_the_observed_bucket_latest_kept(
+    metrics: CostMetrics, registry: CollectorRegistry
+) -> None:
+    other = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+    metrics.job_closed(job())  # 0.75: le="1.0"
+    metrics.job_closed(JobResult("j", WEB, "success", 1, cost(cpu=0.003), 1.0, TRACE))
+    metrics.job_closed(JobResult("j", WEB, "success", 1, cost(cpu=0.8), 1.0, other))
+    metrics.job_closed(JobResult("j", WEB, "success", 1, cost(cpu=0.9), 1.0, b""))
+    assert cost_exemplars(registry) == {"1.0": (other.hex(), 0.8), "0.005": (TRACE.hex(), 0.003)}
+
+
+JOB_COUNTS = (
+    "costproc_jobs_total",
+    "costproc_job_cost_usd_count",
+    "costproc_job_cpu_seconds_count",
+)
+
+
+def job_counts(registry: CollectorRegistry) -> tuple[float, ...]:
+    """Jobs, cost observations and CPU observations, all read from one scrape."""
+    found = {
+        s.name: s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name in JOB_COUNTS
+    }
+    return tuple(found.get(name, 0.0) for name in JOB_COUNTS)
+
+
+def test_every_scrape_sees_whole_jobs(metrics: CostMetrics, registry: CollectorRegistry) -> None:
+    seen: list[tuple[float, ...]] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            seen.append(job_counts(registry))
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    for _ in range(3000):
+        metrics.job_closed(job())
+    done.set()
+    scraper.join()
+    assert job_counts(registry) == (3000, 3000, 3000)
+    assert [counts for counts in seen if len(set(counts)) != 1] == []
+
+
+def test_created_series_follow_prometheus_client(
+    metrics: CostMetrics, registry: CollectorRegistry
+) -> None:
+    metrics.attempt_closed(attempt("success"))
+    metrics.job_closed(job())
+    names = {s.name for family in registry.collect() for s in family.samples}
+    written = "costproc_spans_received_created" in names  # a prometheus_client Counter
+    for name in ("costproc_jobs_created", "costproc_cost_usd_created"):
+        assert (name in names) == written, name
+    assert ("costproc_job_cost_usd_created" in names) == written
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0], ids=["nan", "inf", "negative"])
@@ -266,9 +343,12 @@ def test_component_and_class_are_capped(
     assert sample(registry, "costproc_label_values_folded_total", label=label) == 2
 
 
-def test_no_folds_no_fold_series(metrics: CostMetrics, registry: CollectorRegistry) -> None:
+def test_fold_series_exist_at_zero_before_any_fold(
+    metrics: CostMetrics, registry: CollectorRegistry
+) -> None:
     metrics.attempt_closed(attempt("success"))
-    assert not [n for n, _ in series(registry) if n == "costproc_label_values_folded_total"]
+    for label in ("job_type", "tenant", "service", "component", "class"):
+        assert sample(registry, "costproc_label_values_folded_total", label=label) == 0.0
 
 
 def test_hot_path_binds_no_children_once_warm(
