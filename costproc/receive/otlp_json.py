@@ -88,8 +88,8 @@ def to_protobuf(body: bytes) -> bytes:
         fields = _load(body, _renamed)
         return bytes(ExportTraceServiceRequest(**fields).SerializeToString())
     except (_Bad, TypeError, ValueError, RecursionError):
-        pass  # a bad value or a key out of place: the exact path decides, and says where
-    return _exact(body)
+        # A bad value or a key out of place: the exact walk decides, and says where.
+        return _exact(body)
 
 
 def _load(body: bytes, hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
