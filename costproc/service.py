@@ -100,7 +100,6 @@ class Service:
         self.metrics_server = MetricsServer(config.prometheus, self.registry)
         self.health_server = HealthServer(config.health, lambda: self._running)
         self._running = False
-        self._stopped = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []
 
@@ -194,10 +193,6 @@ class Service:
         self.health_server.shutdown()
         self.metrics_server.shutdown()
         self._stops.clear()
-        self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 def _endpoint(config: Config, key: str) -> str:
