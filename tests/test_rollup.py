@@ -420,3 +420,31 @@ def test_tick_budget_closes_in_slices() -> None:
     assert kit.rollup.tick(budget=2) is True
     assert kit.rollup.tick(budget=2) is False
     assert len(kit.sink.jobs) == 5
+
+
+def test_sidecars_and_gateway_agree_when_job_ids_travel_as_baggage() -> None:
+    """SPEC 2.11: each sidecar sees only its service; job IDs on every span make the
+    per-job cost the sidecars report add up to what a gateway sees for the whole trace."""
+    front, back = resource("front", cpu=2.0), resource("back", cpu=1.0)
+    spans = [
+        # front: a SERVER root whose parent is in an uninstrumented proxy (remote parent)
+        lambda: span(
+            TRACE_A, 2, 1, 0, 100, job="j", res=front, kind=KIND_SERVER, remote_parent=True
+        ),
+        lambda: span(TRACE_A, 3, 2, 10, 40, job="j", res=front),
+        # back: called by front; its SERVER span's parent lives in the front sidecar
+        lambda: span(TRACE_A, 5, 3, 15, 35, job="j", res=back, kind=KIND_SERVER),
+        lambda: span(TRACE_A, 6, 5, 20, 30, job="j", res=back),
+    ]
+    gateway = Kit(local_roots=True)
+    gateway.add(*[make() for make in spans])
+    gateway.wait(2.5)
+    sidecars = [Kit(local_roots=True), Kit(local_roots=True)]
+    sidecars[0].add(*[make() for make in spans[:2]])
+    sidecars[1].add(*[make() for make in spans[2:]])
+    for kit in sidecars:
+        kit.wait(2.5)
+    gateway_cost = gateway.sink.job("j").cost.cpu_seconds
+    sidecar_cost = sum(kit.sink.job("j").cost.cpu_seconds for kit in sidecars)
+    assert gateway_cost == pytest.approx(0.1 * 2.0 + 0.02 * 1.0)
+    assert sidecar_cost == pytest.approx(gateway_cost)
