@@ -17,6 +17,9 @@ RESOURCE_KINDS: tuple[str, str, str] = ("cpu", "memory", "gpu")
 # OTLP span kinds (opentelemetry.proto.trace.v1.Span.SpanKind).
 KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 2, 3, 4, 5
 
+# A span that measured none of cpu, memory, gpu (shared: compared on the hot path).
+NOT_MEASURED: tuple[None, None, None] = (None, None, None)
+
 # OTLP attempt and job outcomes.
 SUCCESS, FAILURE, INCOMPLETE, EVICTED = "success", "failure", "incomplete", "evicted"
 
@@ -123,7 +126,7 @@ class SpanRecord:
         job_type: str | None = None,
         tenant: str | None = None,
         outcome: str | None = None,
-        measured: tuple[float | None, float | None, float | None] = (None, None, None),
+        measured: tuple[float | None, float | None, float | None] = NOT_MEASURED,
         egress_bytes: float = 0.0,
         egress_class: str = "",
         metered: tuple[tuple[str, float], ...] = (),

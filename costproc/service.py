@@ -17,7 +17,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from costproc.clock import Clock, MonotonicClock
-from costproc.config.model import Config
+from costproc.config.model import Config, GrpcReceiverConfig, HttpReceiverConfig
 from costproc.errors import StartupError
 from costproc.export.fanout import FanOut
 from costproc.export.forward import Forwarder
@@ -34,7 +34,6 @@ from costproc.receive.intake import Intake
 from costproc.rollup.rollup import Rollup
 
 log = logging.getLogger(__name__)
-MIB = 1024 * 1024
 TICK_BUDGET = 200  # attempts closed per slice of the event loop (~10-40 ms of work)
 FORWARD_DRAIN = 5.0  # seconds stop() gives queued requests and cost spans to go out
 
@@ -43,6 +42,10 @@ class Receiver(Protocol):
     """A protocol front end that hands request bodies to an `Intake`."""
 
     port: int
+
+    @property
+    def config(self) -> GrpcReceiverConfig | HttpReceiverConfig:
+        """Its configuration (for the endpoint it binds)."""
 
     async def start(self) -> None:
         """Bind and serve; raise OSError when the endpoint cannot be bound."""
@@ -133,7 +136,7 @@ class Service:
                 self._stops.append(functools.partial(self.forwarder.stop, 0.0))
             for key, receiver in self.receivers:
                 await self._bind(
-                    key, _endpoint(self.config, key), receiver.start, _grace_zero(receiver)
+                    key, receiver.config.endpoint, receiver.start, _grace_zero(receiver)
                 )
             await self._bind(
                 "extensions.health_check.endpoint",
@@ -193,16 +196,6 @@ class Service:
         self.health_server.shutdown()
         self.metrics_server.shutdown()
         self._stops.clear()
-
-
-def _endpoint(config: Config, key: str) -> str:
-    section = {
-        "receivers.otlp.grpc.endpoint": config.grpc,
-        "receivers.otlp.http.endpoint": config.http,
-    }
-    found = section[key]
-    assert found is not None
-    return found.endpoint
 
 
 def _sync(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:

@@ -82,6 +82,9 @@ class Match:
         return value == self.equals
 
 
+MIB = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class TLSServerConfig:
     """A server's certificate; with `client_ca_file`, clients must present one (mTLS)."""
@@ -108,6 +111,10 @@ class GrpcReceiverConfig:
     tls: TLSServerConfig | None = None
     bearer_token: str | None = None  # clients must send `authorization: Bearer <token>`
 
+    @property
+    def max_recv_msg_bytes(self) -> int:
+        return int(self.max_recv_msg_size_mib * MIB)
+
 
 @dataclass(frozen=True, slots=True)
 class HttpReceiverConfig:
@@ -115,6 +122,10 @@ class HttpReceiverConfig:
     max_request_body_size_mib: float = 16.0
     tls: TLSServerConfig | None = None
     bearer_token: str | None = None
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return int(self.max_request_body_size_mib * MIB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +265,10 @@ class CostRecordsConfig:
     path: str = "stdout"
     max_size_mib: float = 100.0
     max_backups: int = 5
+
+    @property
+    def max_size_bytes(self) -> int:
+        return max(1, int(self.max_size_mib * MIB))
 
 
 @dataclass(frozen=True, slots=True)

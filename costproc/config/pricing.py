@@ -96,13 +96,8 @@ def _resource_prices(r: Reader, sec: Mapping[str, Any], path: str) -> ResourcePr
 
 
 def _metered(r: Reader, node: Any, path: str) -> tuple[MeteredRule, ...]:
-    if node is None:
-        return ()
-    if not isinstance(node, list):
-        r.bad(path, "must be a list of rules")
-        return ()
     rules = []
-    for i, item in enumerate(node):
+    for i, item in enumerate(r.items(node, path, "a list of rules")):
         sub = join(path, i)
         sec = r.section(item, sub, {"name", "component", "match", "quantity", "unit_price"})
         quantity = sec.get("quantity", 1)
@@ -133,13 +128,8 @@ def _metered(r: Reader, node: Any, path: str) -> tuple[MeteredRule, ...]:
 
 
 def _overrides(r: Reader, node: Any, path: str) -> tuple[Override, ...]:
-    if node is None:
-        return ()
-    if not isinstance(node, list):
-        r.bad(path, "must be a list of overrides")
-        return ()
     out = []
-    for i, item in enumerate(node):
+    for i, item in enumerate(r.items(node, path, "a list of overrides")):
         sub = join(path, i)
         sec = r.section(item, sub, {"match", "multiplier", *_RESOURCE_PRICE_KEYS})
         prices = _resource_prices(r, sec, sub)

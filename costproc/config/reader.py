@@ -231,12 +231,12 @@ class Reader:
                 self.bad(join(join(path, i), key), f"same as in {join(path, first[value])}")
             first.setdefault(value, i)
 
-    def items(self, node: Any, path: str) -> list[Any]:
-        """The items of a list (none when absent)."""
+    def items(self, node: Any, path: str, what: str = "a list") -> list[Any]:
+        """The items of a list (none when absent); otherwise "must be <what>"."""
         if node is None:
             return []
         if not isinstance(node, list):
-            self.bad(path, "must be a list")
+            self.bad(path, f"must be {what}")
             return []
         return node
 

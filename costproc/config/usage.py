@@ -70,13 +70,8 @@ def _allocation(r: Reader, node: Any, path: str) -> Allocation:
 
 
 def _egress_rules(r: Reader, node: Any, path: str) -> tuple[EgressRule, ...]:
-    if node is None:
-        return ()
-    if not isinstance(node, list):
-        r.bad(path, "must be a list of {match, class}")
-        return ()
     rules = []
-    for i, item in enumerate(node):
+    for i, item in enumerate(r.items(node, path, "a list of {match, class}")):
         sub = join(path, i)
         sec = r.section(item, sub, {"match", "class"})
         rules.append(

@@ -33,7 +33,6 @@ STDOUT = "stdout"
 FLUSH_INTERVAL = 1.0  # seconds a line waits at most before it is written
 MAX_BUFFERED = 4096  # lines; a burst of closing jobs is written at once beyond this
 WARN_INTERVAL = 10.0
-MIB = 1024 * 1024
 
 
 def rfc3339(ns: int) -> str:
@@ -150,9 +149,7 @@ class CostRecordWriter(CostSink):
         self._file = (
             None
             if config.path == STDOUT
-            else _RotatingFile(
-                config.path, max(1, int(config.max_size_mib * MIB)), config.max_backups
-            )
+            else _RotatingFile(config.path, config.max_size_bytes, config.max_backups)
         )
         self._lines: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None

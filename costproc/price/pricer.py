@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from costproc.model import RESOURCE_KINDS, Cost, SpanRecord
+from costproc.model import NOT_MEASURED, RESOURCE_KINDS, Cost, SpanRecord
 from costproc.price import busy
 from costproc.price.book import PriceBook
 
 NS = 1e9
 _MAX_DEPTH = 10_000  # walks up parent chains stop here, so a parent cycle cannot hang us
 _USAGE_FIELDS = ("cpu_seconds", "memory_gb_seconds", "gpu_seconds")
-_NOT_MEASURED = (None, None, None)
 
 # Covered time per instance: merged intervals of an attempt's spans, kept after it
 # closes so a late span's estimate never re-bills instants already billed.
@@ -48,7 +47,7 @@ class Pricer:
         cost = Cost()
         by_instance: dict[str, list[SpanRecord]] = {}
         for span in spans:
-            if span.egress_bytes or span.metered or span.measured != _NOT_MEASURED:
+            if span.egress_bytes or span.metered or span.measured != NOT_MEASURED:
                 self._price_local(span, cost)
             by_instance.setdefault(span.resource.instance, []).append(span)
         cuts = _carve(job, spans, trace) if carve else {}
@@ -73,7 +72,7 @@ class Pricer:
         first = group[0]
         rates = self.book.rates(first.resource, first.table)
         for span in group:
-            if span.measured != _NOT_MEASURED or span.span_id in cuts:
+            if span.measured != NOT_MEASURED or span.span_id in cuts:
                 return False
             if span.resource is not first.resource or span.table != first.table:
                 other = self.book.rates(span.resource, span.table)
@@ -122,7 +121,7 @@ class Pricer:
     def _price_local(self, span: SpanRecord, cost: Cost) -> None:
         """What a span costs on its own: measured usage, egress, metered calls."""
         components = cost.by_component
-        if span.measured != (None, None, None):
+        if span.measured != NOT_MEASURED:
             rates = self.book.rates(span.resource, span.table)
             for kind, value in enumerate(span.measured):
                 if value is not None:

@@ -20,7 +20,14 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from costproc.config.model import Config, EgressRule
 from costproc.errors import DecodeError
-from costproc.model import KIND_CLIENT, KIND_PRODUCER, KIND_SERVER, Resource, SpanRecord
+from costproc.model import (
+    KIND_CLIENT,
+    KIND_PRODUCER,
+    KIND_SERVER,
+    NOT_MEASURED,
+    Resource,
+    SpanRecord,
+)
 from costproc.price.book import InvalidQuantity, PriceBook, matches_all
 from costproc.receive.wire import AnyValue, parse_request, string_value, text_value
 
@@ -33,7 +40,6 @@ _UNSAFE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 MAX_JOB_ID_CHARS = 256
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
-_NOT_MEASURED: tuple[None, None, None] = (None, None, None)
 _OUTCOMES = ("success", "failure")
 Getter = Callable[[str], AnyValue | None]
 _INSTANCE_KEYS = ("service.instance.id", "k8s.pod.name", "host.name")
@@ -224,7 +230,7 @@ class Decoder:
         table = self.book.table_at(end)
         keys = self.measured_keys
         cpu, memory, gpu = get(keys[0]), get(keys[1]), get(keys[2])
-        measured: tuple[float | None, float | None, float | None] = _NOT_MEASURED
+        measured: tuple[float | None, float | None, float | None] = NOT_MEASURED
         if cpu is not None or memory is not None or gpu is not None:
             measured = (_count(cpu), _count(memory), _count(gpu))
         egress = get(self.egress_key)

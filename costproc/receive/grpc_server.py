@@ -27,7 +27,6 @@ from costproc.security import bearer_ok, pem, server_ssl_context
 log = logging.getLogger(__name__)
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
-MIB = 1024 * 1024
 _EMPTY_RESPONSE = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
 
 
@@ -42,7 +41,7 @@ class GrpcReceiver:
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", int(config.max_recv_msg_size_mib * MIB)),
+                ("grpc.max_receive_message_length", config.max_recv_msg_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )

@@ -37,7 +37,6 @@ from costproc.security import bearer_ok, server_ssl_context
 log = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"
-MIB = 1024 * 1024
 # aiohttp reads a shutdown timeout of 0 as "no limit"; stop(0) means "do not wait".
 _MIN_GRACE_SECONDS = 0.05
 _GZIP_LEVEL = 6  # responses are small; level 9 buys nothing there
@@ -85,7 +84,7 @@ class HttpReceiver:
         self.config = config
         self.intake = intake
         self.port = 0
-        self.limit = int(config.max_request_body_size_mib * MIB)
+        self.limit = config.max_request_body_bytes
         self._runner: web.ServerRunner | None = None
 
     async def start(self) -> None:

@@ -25,6 +25,7 @@ from costproc.model import (
     INCOMPLETE,
     KIND_CONSUMER,
     KIND_SERVER,
+    NOT_MEASURED,
     SUCCESS,
     AttemptResult,
     CostSink,
@@ -38,7 +39,6 @@ from costproc.rollup.state import AttemptState, JobState, TraceState
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-_NOT_MEASURED = (None, None, None)
 _LOCAL_ROOT_KINDS = (KIND_SERVER, KIND_CONSUMER)
 
 
@@ -83,7 +83,7 @@ class Rollup:
             return False  # a resent span (exporter retry) must not count twice
         trace.spans[span.span_id] = span
         trace.size += 1
-        if span.measured != _NOT_MEASURED:
+        if span.measured != NOT_MEASURED:
             trace.has_measured = True
         self.span_count += 1
         self.traces.move_to_end(span.trace_id)
